@@ -1,0 +1,195 @@
+"""Loading and validating `config.yaml`.
+
+Every key is documented in `config.example.yaml`; a test keeps the two in step. Errors name
+the file, the key and what is wrong, because an operator on a headless box reads them in the
+journal and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/edged/config.yaml")
+CONFIG_ENV = "EDGED_CONFIG"
+
+# Names that producers use for files still being written, and folders that NAS boxes and
+# desktop systems litter into shares. Matched against every path component.
+DEFAULT_IGNORE = [
+    ".*",
+    "*.part",
+    "*.tmp",
+    "*.filepart",
+    "*.crdownload",
+    "~*",
+    "Thumbs.db",
+    "@eaDir",
+    "__MACOSX",
+]
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid. The message is meant for operators."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    path: Optional[Path] = None  # None: the built-in default under state_dir/models
+    engine: str = "onnx"  # "onnx", or "module:callable" for an engine plug-in
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    batch_size: int = Field(8, ge=1, le=256)
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    threads: int = Field(0, ge=0)  # 0: let ONNX Runtime decide
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to a plug-in engine
+
+
+class QueueSettings(_Section):
+    max_attempts: int = Field(3, ge=1)
+    backoff_seconds: float = Field(30.0, ge=0)
+    backoff_max_seconds: float = Field(3600.0, ge=0)
+    lease_seconds: float = Field(900.0, gt=0)
+    recover_seconds: float = Field(60.0, gt=0)
+
+
+class WatchSettings(_Section):
+    polling: bool = False
+    stability_seconds: float = Field(2.0, ge=0)
+    rescan_seconds: float = Field(300.0, gt=0)
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+class SpoolSettings(_Section):
+    write_result_files: bool = True
+
+
+class TaskSettings(_Section):
+    prompt: Optional[str] = None  # None: the task's built-in template
+    max_new_tokens: Optional[int] = Field(None, ge=1)
+    max_input_mb: float = Field(64.0, gt=0)
+
+
+class ImageTaskSettings(TaskSettings):
+    max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard
+
+
+class TranslateSettings(TaskSettings):
+    target_language: str = "en"
+    source_language: Optional[str] = None
+
+
+class TasksSettings(_Section):
+    caption: ImageTaskSettings = Field(default_factory=ImageTaskSettings)
+    ocr: ImageTaskSettings = Field(default_factory=ImageTaskSettings)
+    translate: TranslateSettings = Field(default_factory=TranslateSettings)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(_Section):
+    state_dir: Path = Path("/var/lib/edged")
+    spool_dir: Path = Path("/var/spool/edged")
+    database: Optional[str] = None  # SQLAlchemy URL; None: sqlite file in state_dir
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    tasks: TasksSettings = Field(default_factory=TasksSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    # Where the settings came from; not a config key.
+    source: Optional[Path] = Field(None, exclude=True)
+
+    @property
+    def database_url(self) -> str:
+        if self.database:
+            return self.database
+        return f"sqlite:///{self.state_dir / 'edged.db'}"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model.path or self.state_dir / "models" / "gemma-3-270m"
+
+
+def resolve_config_path(cli_value: Optional[str]) -> Path:
+    """-c/--config, else $EDGED_CONFIG, else /etc/edged/config.yaml."""
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (see config.example.yaml for the valid ones)"
+        lines.append(f"  {key}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _absolutise(settings: Settings, base: Path) -> Settings:
+    """Paths in a config file are relative to that file, not to the daemon's cwd."""
+    def fix(p: Optional[Path]) -> Optional[Path]:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    settings.state_dir = fix(settings.state_dir)
+    settings.spool_dir = fix(settings.spool_dir)
+    settings.model.path = fix(settings.model.path)
+    if settings.database and settings.database.startswith("sqlite:///") and not settings.database.startswith("sqlite:////"):
+        rel = settings.database[len("sqlite:///"):]
+        if rel and rel != ":memory:":
+            settings.database = f"sqlite:///{fix(Path(rel))}"
+    return settings
+
+
+def parse_config(data: Any, path: Path) -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+    settings.source = path
+    return _absolutise(settings, path.parent.resolve())
+
+
+def load_config(path: Path) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (use -c/--config, set ${CONFIG_ENV}, "
+            f"or create one with `edged init DIR`)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, path)

@@ -1,0 +1,26 @@
+"""Process exit codes of the `edged` command: a stable, documented contract for scripts."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1  # unexpected error (a bug, or an OS error nobody anticipated)
+    USAGE = 2  # bad command line (argparse uses 2 as well)
+    CONFIG = 3  # the config file is missing or invalid
+    NOT_FOUND = 4  # a named job, file or model does not exist
+    ALREADY_RUNNING = 5  # another daemon holds the state directory's lock
+    MODEL_UNAVAILABLE = 6  # the model could not be found or loaded
+    INPUT = 7  # a file given on the command line cannot be used
+    CHECK_FAILED = 8  # `edged doctor` found a problem
+    INTERRUPTED = 130  # stopped by SIGINT before finishing
+
+
+class CliError(Exception):
+    """A command failed in a way the operator can fix; the message says how."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code

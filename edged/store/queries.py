@@ -1,0 +1,100 @@
+"""Read-only queries behind `edged status` and `edged results`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from sqlalchemy import Engine
+
+from edged.timeutil import iso, parse_iso, utcnow
+
+
+def _read(engine: Engine):  # noqa: ANN202 - a context manager of a read-only connection
+    return engine.connect().execution_options(readonly=True)
+
+
+def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, Any]:
+    """Counts by state and task, oldest queued job, and the last hour's throughput."""
+    now = now or utcnow()
+    hour_ago = iso(now - timedelta(hours=1))
+    with _read(engine) as conn, conn.begin():
+        by_task: dict[str, dict[str, int]] = {}
+        totals = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        for task, status, n in conn.exec_driver_sql(
+            "SELECT task, status, COUNT(*) FROM jobs GROUP BY task, status ORDER BY task"
+        ).all():
+            by_task.setdefault(task, {k: 0 for k in totals})[status] = n
+            totals[status] += n
+        oldest = conn.exec_driver_sql("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").scalar()
+        done, failed = conn.exec_driver_sql(
+            "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(status = 'failed'), 0) FROM jobs"
+            " WHERE finished_at >= ?", (hour_ago,)
+        ).one()
+        tokens, busy_ms = conn.exec_driver_sql(
+            "SELECT COALESCE(SUM(output_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM results WHERE created_at >= ?",
+            (hour_ago,),
+        ).one()
+        files_waiting = conn.exec_driver_sql("SELECT COUNT(*) FROM files WHERE state = 'pending'").scalar_one()
+    oldest_age = (now - parse_iso(oldest)).total_seconds() if oldest else None
+    return {
+        "jobs": totals,
+        "by_task": by_task,
+        "files_in_inbox": files_waiting,
+        "oldest_queued_at": oldest,
+        "oldest_queued_age_s": round(oldest_age, 1) if oldest_age is not None else None,
+        "last_hour": {
+            "done": done,
+            "failed": failed,
+            "jobs_per_min": round(done / 60.0, 2),
+            "output_tokens": tokens,
+            # tokens per second of model time, the figure that says whether the engine is healthy
+            "output_tok_per_s": round(tokens / (busy_ms / 1000.0), 2) if busy_ms else None,
+        },
+    }
+
+
+def list_results(
+    engine: Engine,
+    *,
+    task: Optional[str] = None,
+    status: Optional[str] = None,
+    since: Optional[datetime] = None,
+    limit: Optional[int] = 50,
+) -> list[dict[str, Any]]:
+    """Finished (or, with `status`, any) jobs with their result, newest first."""
+    where, args = [], []
+    if task:
+        where.append("j.task = ?")
+        args.append(task)
+    if status:
+        where.append("j.status = ?")
+        args.append(status)
+    else:
+        where.append("j.status IN ('done', 'failed')")
+    if since:
+        where.append("COALESCE(j.finished_at, j.created_at) >= ?")
+        args.append(iso(since))
+    sql = (
+        "SELECT j.id AS job_id, j.task, j.status, j.source_path, j.params, j.sha256, j.attempts, j.error,"
+        " j.created_at, j.finished_at, r.output, COALESCE(r.model, j.model) AS model, r.prompt_tokens,"
+        " r.output_tokens, r.duration_ms FROM jobs j LEFT JOIN results r ON r.job_id = j.id"
+        f" WHERE {' AND '.join(where)} ORDER BY COALESCE(j.finished_at, j.created_at) DESC, j.id DESC"
+    )
+    if limit:
+        sql += " LIMIT ?"
+        args.append(limit)
+    with _read(engine) as conn, conn.begin():
+        rows = conn.exec_driver_sql(sql, tuple(args)).mappings().all()
+    out = []
+    for row in rows:
+        item = dict(row)
+        item["params"] = json.loads(item["params"])
+        out.append(item)
+    return out
+
+
+def failed_job_ids(engine: Engine) -> list[int]:
+    with _read(engine) as conn, conn.begin():
+        return list(conn.exec_driver_sql("SELECT id FROM jobs WHERE status = 'failed' ORDER BY id").scalars())

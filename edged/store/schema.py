@@ -1,0 +1,169 @@
+"""Tables and append-only schema migrations.
+
+Migrations are a list: a released entry is never edited, a change is a new entry (the way
+simonw/llm does it). `schema_migrations` records what was applied, so an old database file
+upgrades itself at start-up. The SQLAlchemy `Table` objects below describe the latest
+schema for queries; a test checks that they match what the migrations build.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Engine, ForeignKey, Integer, MetaData, Table, Text
+
+from edged.timeutil import now_iso
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task", Text, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("source_path", Text, nullable=False),
+    Column("sha256", Text),
+    Column("size_bytes", Integer),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text),
+    Column("created_at", Text, nullable=False),
+    Column("started_at", Text),
+    Column("finished_at", Text),
+    Column("next_run_at", Text, nullable=False),
+    Column("lease_owner", Text),
+    Column("lease_pid", Integer),
+    Column("lease_expires_at", Text),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, unique=True),
+    Column("task", Text, nullable=False),
+    Column("output", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("prompt_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("duration_ms", Integer),
+    Column("created_at", Text, nullable=False),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", Integer),
+    Column("mtime_ns", Integer),
+    Column("ctime_ns", Integer),
+    Column("inode", Integer),
+    Column("state", Text, nullable=False),
+    Column("duplicate", Integer, nullable=False),
+    Column("received_at", Text, nullable=False),
+    Column("settled_at", Text),
+    Column("moved_to", Text),
+)
+
+MIGRATIONS: list[list[str]] = [
+    # v1: the queue, its results, and the files that brought each job in.
+    [
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            task TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            model TEXT NOT NULL DEFAULT '',
+            source_path TEXT NOT NULL,
+            sha256 TEXT,
+            size_bytes INTEGER,
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'done', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            next_run_at TEXT NOT NULL,
+            lease_owner TEXT,
+            lease_pid INTEGER,
+            lease_expires_at TEXT
+        )
+        """,
+        # One job per content, task, parameters and model. Refused inputs (never read) have
+        # no sha256; NULLs are distinct in SQLite, so each refusal is its own job.
+        "CREATE UNIQUE INDEX jobs_identity ON jobs (task, sha256, params, model)",
+        "CREATE INDEX jobs_ready ON jobs (status, next_run_at)",
+        "CREATE INDEX jobs_finished ON jobs (finished_at)",
+        """
+        CREATE TABLE results (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL UNIQUE REFERENCES jobs (id) ON DELETE CASCADE,
+            task TEXT NOT NULL,
+            output TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_tokens INTEGER,
+            output_tokens INTEGER,
+            duration_ms INTEGER,
+            created_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX results_created ON results (created_at)",
+        """
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            path TEXT NOT NULL,
+            size_bytes INTEGER,
+            mtime_ns INTEGER,
+            ctime_ns INTEGER,
+            inode INTEGER,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'done', 'failed', 'superseded', 'missing')),
+            duplicate INTEGER NOT NULL DEFAULT 0,
+            received_at TEXT NOT NULL,
+            settled_at TEXT,
+            moved_to TEXT
+        )
+        """,
+        # A path in the inbox belongs to at most one unsettled file record.
+        "CREATE UNIQUE INDEX files_pending_path ON files (path) WHERE state = 'pending'",
+        "CREATE INDEX files_job ON files (job_id, state)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(engine: Engine) -> int:
+    with engine.connect().execution_options(readonly=True) as conn:
+        exists = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+        ).first()
+        if not exists:
+            return 0
+        return conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Apply every migration newer than the database; return the versions applied."""
+    applied: list[int] = []
+    with engine.begin() as conn:  # BEGIN IMMEDIATE: two processes never migrate at once
+        conn.exec_driver_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        have = conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
+        if have > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema v{have} is newer than this edged (v{SCHEMA_VERSION}); upgrade edged"
+            )
+        for version in range(have + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now_iso())
+            )
+            applied.append(version)
+    return applied

@@ -1,0 +1,51 @@
+"""Decoding image inputs into RGB pictures, with a clear error for every way one can be bad."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edged.tasks.base import InputError
+
+
+def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
+    """(RGB image, notes). EXIF orientation applied, alpha flattened on white, first frame only."""
+    notes: list[str] = []
+    if not data:
+        raise InputError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow warns (not raises) between 1x and 2x its limit: treat both as a bomb.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (decompression bomb guard)")
+            if getattr(img, "n_frames", 1) > 1:
+                notes.append(f"animated image with {img.n_frames} frames: used the first")
+                img.seek(0)
+            img.load()
+        except InputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"image rejected as a decompression bomb: {exc}") from None
+        except UnidentifiedImageError:
+            raise InputError("not an image, or a format Pillow cannot read") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InputError(f"corrupt or truncated image: {exc}") from None
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits rather than clipping at 255.
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img, notes

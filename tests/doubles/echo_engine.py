@@ -1,0 +1,48 @@
+"""A test double of the engine (tests only): deterministic output, optional delay and faults.
+
+Loaded by the daemon through `model.engine: "echo_engine:create"` with tests/doubles on
+PYTHONPATH. Options (model.options): name, delay_s (per batch), fail_on (raise when a
+prompt contains this text), batch_fail (raise for any batch larger than 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Sequence
+
+from edged.engine.api import EngineError, Generation, Request
+
+
+class EchoEngine:
+    provider = "cpu"
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.name = str(options.get("name", "echo-test"))
+        self.delay_s = float(options.get("delay_s", 0.0))
+        self.fail_on = options.get("fail_on")
+        self.batch_fail = bool(options.get("batch_fail", False))
+        self.calls: list[int] = []
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        self.calls.append(len(requests))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.batch_fail and len(requests) > 1:
+            raise EngineError("batch refused by the test double")
+        out = []
+        for req in requests:
+            if self.fail_on and self.fail_on in req.text:
+                raise EngineError(f"test double told to fail on {self.fail_on!r}")
+            digest = hashlib.sha256(req.text.encode()).hexdigest()[:12]
+            sizes = ",".join(f"{im.size[0]}x{im.size[1]}" for im in req.images)
+            text = f"echo {digest} images=[{sizes}]" if req.images else f"echo {digest}"
+            out.append(Generation(text=text, prompt_tokens=len(req.text.split()), output_tokens=3))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def create(settings: Any) -> EchoEngine:
+    return EchoEngine(dict(settings.options))
