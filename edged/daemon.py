@@ -88,7 +88,9 @@ class Daemon:
                         detail="jobs left running by a previous process")
         layout = build_layout(s)
         layout.ensure()
-        settler = Settler(queue, SpoolFiles(layout, s.spool.write_result_files))
+        files = SpoolFiles(layout, s.spool.write_result_files)
+        files.remove_debris()
+        settler = Settler(queue, files)
         settler.reconcile()
 
         model = model_name(s.model, s.model_dir)

@@ -38,5 +38,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=stream, force=True)
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name).bind(logger=name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    # A lazy proxy: modules create loggers at import time, before configure_logging() runs.
+    return structlog.get_logger(component=name)

@@ -26,7 +26,7 @@ class Settler:
         settled = []
         for rec in records:
             self.files.write_result(rec.path, task, output)
-            moved = self.files.move_out(rec.path, "done")
+            moved = self.files.move_out(rec.path, "done", rec.inode)
             settled.append((rec.id, "done" if moved else "missing", moved))
         self.queue.settle_files(settled)
 
@@ -35,7 +35,7 @@ class Settler:
         for rec in records:
             info = {"job_id": rec.job_id, "task": task, "source": f"inbox/{rec.path}", "error": error,
                     "attempts": attempts, "failed_at": now_iso()}
-            moved = self.files.fail(rec.path, info)
+            moved = self.files.fail(rec.path, info, rec.inode)
             settled.append((rec.id, "failed" if moved else "missing", moved))
         self.queue.settle_files(settled)
 

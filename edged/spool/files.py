@@ -76,16 +76,28 @@ class SpoolFiles:
     def _area_rel(self, path: Path) -> str:
         return str(path.relative_to(self.layout.root))
 
-    def move_out(self, rel: str, area: str) -> Optional[str]:
-        """Move inbox/<rel> to <area>/<rel> (suffixed on a clash); None if it is already gone."""
-        src = self.layout.inbox_path(rel)
-        if not os.path.lexists(src):
-            return None
-        return self._area_rel(move_no_clobber(src, self.layout.area(area) / rel))
+    def move_out(self, rel: str, area: str, inode: Optional[int] = None) -> Optional[str]:
+        """Move inbox/<rel> to <area>/<rel> (suffixed on a clash); returns where it is.
 
-    def fail(self, rel: str, info: dict[str, Any]) -> Optional[str]:
+        If the source is already gone (a crash after the move, before it was recorded), the
+        file is looked for where the move would have put it, by inode; None if not found.
+        """
+        src = self.layout.inbox_path(rel)
+        dest = self.layout.area(area) / rel
+        if os.path.lexists(src):
+            return self._area_rel(move_no_clobber(src, dest))
+        if inode is not None:
+            for candidate in _candidates(dest):
+                try:
+                    if os.lstat(candidate).st_ino == inode:
+                        return self._area_rel(candidate)
+                except FileNotFoundError:
+                    break
+        return None
+
+    def fail(self, rel: str, info: dict[str, Any], inode: Optional[int] = None) -> Optional[str]:
         """Move to failed/ and write '<name>.error.json' beside it."""
-        moved = self.move_out(rel, "failed")
+        moved = self.move_out(rel, "failed", inode)
         if moved is not None:
             dest = self.layout.root / moved
             body = json.dumps({**info, "file": moved}, indent=2, ensure_ascii=False) + "\n"
@@ -98,6 +110,20 @@ class SpoolFiles:
         dest = self.layout.area("out") / f"{rel}.{task}.txt"
         atomic_write(dest, text.encode("utf-8"))
         return self._area_rel(dest)
+
+    def remove_debris(self) -> int:
+        """Delete half-written temp files that a killed process left in out/ and failed/.
+
+        Only the daemon writes there, and it calls this at start-up under its lock.
+        """
+        removed = 0
+        for area in ("out", "failed"):
+            for dirpath, _dirs, names in os.walk(self.layout.area(area)):
+                for name in names:
+                    if name.startswith(".") and name.endswith(".tmp"):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+        return removed
 
     def restore(self, moved_to: str, rel: str) -> str:
         """Bring a failed input back to the inbox for another try; returns its new inbox rel."""

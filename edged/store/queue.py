@@ -88,6 +88,7 @@ class FileRecord:
     state: str
     duplicate: bool
     moved_to: Optional[str] = None
+    inode: Optional[int] = None
 
 
 _JOB_COLUMNS = "id, task, params, model, source_path, sha256, attempts, created_at"
@@ -327,22 +328,23 @@ class Queue:
         marks = ",".join("?" * len(job_ids))
         with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             rows = conn.exec_driver_sql(
-                "SELECT id, job_id, path, state, duplicate, moved_to FROM files"
+                "SELECT id, job_id, path, state, duplicate, moved_to, inode FROM files"
                 f" WHERE job_id IN ({marks}) AND state = ? ORDER BY id", (*job_ids, state)
             ).all()
         for r in rows:
-            out[r.job_id].append(FileRecord(r.id, r.job_id, r.path, r.state, bool(r.duplicate), r.moved_to))
+            out[r.job_id].append(FileRecord(r.id, r.job_id, r.path, r.state, bool(r.duplicate), r.moved_to, r.inode))
         return out
 
     def unsettled(self) -> list[tuple[FileRecord, str]]:
         """Files still in the inbox although their job has finished (a crash after commit)."""
         with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             rows = conn.exec_driver_sql(
-                "SELECT f.id, f.job_id, f.path, f.state, f.duplicate, f.moved_to, j.status FROM files f"
+                "SELECT f.id, f.job_id, f.path, f.state, f.duplicate, f.moved_to, f.inode, j.status FROM files f"
                 " JOIN jobs j ON j.id = f.job_id WHERE f.state = 'pending' AND j.status IN ('done', 'failed')"
                 " ORDER BY f.id"
             ).all()
-        return [(FileRecord(r.id, r.job_id, r.path, r.state, bool(r.duplicate), r.moved_to), r.status) for r in rows]
+        return [(FileRecord(r.id, r.job_id, r.path, r.state, bool(r.duplicate), r.moved_to, r.inode), r.status)
+                for r in rows]
 
     def settle_files(self, settled: Sequence[tuple[int, str, Optional[str]]]) -> None:
         """Record (file id, final state, where it went) for files that left the inbox."""

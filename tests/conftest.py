@@ -1,0 +1,148 @@
+"""Shared fixtures: settings on temp folders, a daemon run as a subprocess, sample images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+import yaml
+from PIL import Image
+
+from edged.config import Settings, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+sys.path.insert(0, str(DOUBLES))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def base_config(root: Path, **extra: Any) -> dict:
+    cfg = {
+        "state_dir": str(root / "state"),
+        "spool_dir": str(root / "spool"),
+        "model": {"engine": "echo_engine:create", "batch_size": 4, "options": {"name": "echo-test"}},
+        "queue": {"backoff_seconds": 0, "backoff_max_seconds": 0},
+        "watch": {"stability_seconds": 0.5, "rescan_seconds": 30},
+        "log": {"format": "json", "level": "info"},
+    }
+    return deep_merge(cfg, extra)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**extra: Any) -> Settings:
+        return parse_config(base_config(tmp_path, **extra), tmp_path / "config.yaml")
+
+    return make
+
+
+def png_bytes(size: tuple[int, int] = (32, 24), color: Any = "red", mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class DaemonProcess:
+    """`edged run` as a real subprocess, logging JSON lines to a file."""
+
+    def __init__(self, root: Path, config: dict) -> None:
+        self.root = root
+        self.config_path = root / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = root / "daemon.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.db_path = Path(config["state_dir"]) / "edged.db"
+        self.spool = Path(config["spool_dir"])
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(DOUBLES), str(REPO), env.get("PYTHONPATH", "")])
+        env.pop("EDGED_CONFIG", None)
+        return env
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "DaemonProcess":
+        self._log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", "-c", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
+        )
+        if wait_ready:
+            self.wait_for_event("ready", timeout)
+        return self
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_for_event(self, name: str, timeout: float = 30.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for e in self.events() if e.get("event") == name) >= count:
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {name!r} event within {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self._log.close()
+        return code
+
+    def stop(self) -> int:
+        return self.kill(signal.SIGTERM)
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        con = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):
+    started: list[DaemonProcess] = []
+
+    def make(**extra: Any) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, base_config(tmp_path, **extra))
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -1,0 +1,220 @@
+"""The queue on real SQLite files: migrations, idempotent enqueue, claims, leases, retries."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from edged.store import NewFile, Queue, ResultData, backoff_delay, migrate, open_engine, open_queue
+from edged.store.schema import SCHEMA_VERSION, current_version, metadata
+from edged.timeutil import parse_iso, utcnow
+
+
+def _url(tmp_path: Path, name: str = "q.db") -> str:
+    return f"sqlite:///{tmp_path / name}"
+
+
+def _file(name: str, sha: str, task: str = "caption", **kw) -> NewFile:
+    return NewFile(task, f"{task}/{name}", sha, size_bytes=1, **kw)
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Queue:
+    return open_queue(_url(tmp_path), max_attempts=3, backoff_seconds=10, backoff_max_seconds=100)
+
+
+def test_migrations_from_an_empty_file(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    db.touch()  # an empty file, as a careless operator might create
+    engine = open_engine(f"sqlite:///{db}")
+    assert current_version(engine) == 0
+    assert migrate(engine) == list(range(1, SCHEMA_VERSION + 1))
+    assert migrate(engine) == []  # idempotent
+    assert current_version(engine) == SCHEMA_VERSION
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for table in metadata.sorted_tables:
+        cols = [r[1] for r in con.execute(f"PRAGMA table_info({table.name})")]
+        assert cols == [c.name for c in table.columns], table.name
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    engine = open_engine(_url(tmp_path))
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO schema_migrations VALUES (999, 'x')")
+    with pytest.raises(RuntimeError, match="newer than this edged"):
+        migrate(engine)
+
+
+def test_enqueue_is_idempotent_per_content_task_params_model(queue: Queue) -> None:
+    a, b = queue.enqueue([_file("a.jpg", "s1"), _file("a-copy.jpg", "s1")], model="m")
+    assert (a.outcome, b.outcome) == ("new", "attached") and a.job_id == b.job_id
+    # The same path seen again by a rescan: nothing new.
+    assert queue.enqueue([_file("a.jpg", "s1")], model="m")[0].outcome == "known"
+    other = queue.enqueue([
+        _file("a.jpg", "s1", task="ocr"),
+        NewFile("translate", "translate/de/x", "s1", params={"target_language": "de"}),
+        NewFile("translate", "translate/fr/x", "s1", params={"target_language": "fr"}),
+        _file("b.jpg", "s1"),
+    ], model="other-model")
+    assert [o.outcome for o in other] == ["new", "new", "new", "new"]
+    assert len({o.job_id for o in other} | {a.job_id}) == 5
+
+
+def test_duplicate_of_done_and_redrop_of_failed(queue: Queue) -> None:
+    first = queue.enqueue([_file("a.jpg", "s1"), _file("b.jpg", "s2")], model="m")
+    jobs = queue.claim(10)
+    assert queue.complete([(jobs[0], ResultData("out"))]) == [True]
+    assert queue.fail(jobs[1], "bad", permanent=True) == "failed"
+    queue.settle_files([(first[0].file_id, "done", "done/caption/a.jpg"),
+                        (first[1].file_id, "failed", "failed/caption/b.jpg")])
+    dup, again = queue.enqueue([_file("a.jpg", "s1"), _file("b.jpg", "s2")], model="m")
+    assert dup.outcome == "duplicate" and dup.job_id == jobs[0].id
+    assert again.outcome == "requeued" and again.job_id == jobs[1].id
+    assert queue.job_status(jobs[1].id) == ("queued", "bad", 0)
+    assert queue.files_of([jobs[0].id])[jobs[0].id][0].duplicate
+
+
+def test_file_replaced_in_place_supersedes_the_old_record(queue: Queue) -> None:
+    old = queue.enqueue([_file("a.jpg", "s1")], model="m")[0]
+    new = queue.enqueue([_file("a.jpg", "s2")], model="m")[0]
+    assert new.outcome == "new" and new.job_id != old.job_id
+    assert queue.files_of([old.job_id])[old.job_id] == []
+    assert len(queue.files_of([new.job_id])[new.job_id]) == 1
+
+
+def test_claim_takes_one_task_oldest_first_and_respects_limit(queue: Queue) -> None:
+    queue.enqueue([_file("1", "a", "ocr"), _file("2", "b"), _file("3", "c", "ocr"), _file("4", "d", "ocr")], "m")
+    batch = queue.claim(2)
+    assert [j.source_path for j in batch] == ["ocr/1", "ocr/3"]
+    assert all(j.attempts == 1 for j in batch)
+    assert [j.source_path for j in queue.claim(5)] == ["caption/2"]
+    assert [j.source_path for j in queue.claim(5)] == ["ocr/4"]
+    assert queue.claim(5) == []
+
+
+def test_refused_file_is_a_failed_job_at_once(queue: Queue) -> None:
+    res = queue.enqueue([NewFile("ocr", "ocr/link", None, refused="refused: symbolic link")], "m")[0]
+    assert res.outcome == "refused"
+    assert queue.job_status(res.job_id) == ("failed", "refused: symbolic link", 0)
+    assert queue.claim(5) == []
+
+
+def test_backoff_schedule() -> None:
+    assert [backoff_delay(n, 10, 1000, rand=lambda: 0.5) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
+    assert backoff_delay(3, 10, 1000, rand=lambda: 0.0) == 20  # -50 %
+    assert backoff_delay(3, 10, 1000, rand=lambda: 1.0) == 60  # +50 %
+    assert backoff_delay(20, 10, 1000, rand=lambda: 0.5) == 1000  # capped
+
+
+def test_failures_back_off_then_fail_for_good(queue: Queue) -> None:
+    queue.enqueue([_file("a", "s")], "m")
+    (job,) = queue.claim(1)
+    before = utcnow()
+    assert queue.fail(job, "transient") == "queued"
+    with queue.engine.connect().execution_options(readonly=True) as conn:
+        row = conn.exec_driver_sql("SELECT next_run_at FROM jobs").scalar()
+    delay = (parse_iso(row) - before).total_seconds()
+    assert 5 - 0.1 <= delay <= 15 + 0.1  # 10 s ± 50 %
+    assert queue.claim(1) == []  # not ready yet
+    for attempt in (2, 3):
+        with queue.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE jobs SET next_run_at = '2000-01-01T00:00:00.000Z'")
+        (job,) = queue.claim(1)
+        assert job.attempts == attempt
+        expected = "queued" if attempt < 3 else "failed"
+        assert queue.fail(job, f"transient {attempt}") == expected
+    assert queue.job_status(job.id) == ("failed", "transient 3", 3)
+
+
+def test_lease_expiry_requeues_then_fails(tmp_path: Path) -> None:
+    q = open_queue(_url(tmp_path), max_attempts=2, lease_seconds=0.05)
+    q.enqueue([_file("a", "s")], "m")
+    (job,) = q.claim(1)
+    assert q.recover() == (0, 0)  # lease still valid
+    time.sleep(0.1)
+    assert q.recover() == (1, 0)
+    # The old holder's late result is refused: the job is no longer its to finish.
+    assert q.complete([(job, ResultData("late"))]) == [False]
+    (job,) = q.claim(1)
+    assert job.attempts == 2
+    time.sleep(0.1)
+    assert q.recover() == (0, 1)
+    status, error, attempts = q.job_status(job.id)
+    assert status == "failed" and "lease expired" in error and attempts == 2
+
+
+def test_release_does_not_count_the_attempt(queue: Queue) -> None:
+    queue.enqueue([_file("a", "s")], "m")
+    (job,) = queue.claim(1)
+    assert queue.release([job.id]) == 1
+    assert queue.job_status(job.id) == ("queued", None, 0)
+
+
+def test_result_and_done_state_commit_together_and_only_once(queue: Queue, tmp_path: Path) -> None:
+    queue.enqueue([_file("a", "s")], "m")
+    (job,) = queue.claim(1)
+    assert queue.complete([(job, ResultData("hello", 3, 4, 5))]) == [True]
+    assert queue.complete([(job, ResultData("again"))]) == [False]
+    rows = sqlite3.connect(tmp_path / "q.db").execute(
+        "SELECT r.output, r.prompt_tokens, r.output_tokens, r.duration_ms, j.status FROM results r"
+        " JOIN jobs j ON j.id = r.job_id").fetchall()
+    assert rows == [("hello", 3, 4, 5, "done")]
+
+
+def _claimer(url: str, owner: str, out) -> None:  # noqa: ANN001 - a multiprocessing queue
+    q = Queue(open_engine(url), owner=owner)
+    got: list[int] = []
+    while True:
+        jobs = q.claim(3)
+        if not jobs:
+            break
+        got.extend(j.id for j in jobs)
+        q.complete([(j, ResultData(owner)) for j in jobs])
+    out.put(got)
+
+
+def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
+    url = _url(tmp_path)
+    q = open_queue(url)
+    n = 400
+    q.enqueue([_file(f"f{i}", f"sha{i}") for i in range(n)], "m")
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(url, f"w{i}", out)) for i in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    a, b = map(set, got)
+    assert not a & b
+    assert len(a) + len(b) == n and a | b == set(range(1, n + 1))
+    assert a and b, "both processes should have claimed work"
+    con = sqlite3.connect(tmp_path / "q.db")
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT job_id) FROM results").fetchone() == (n, n)
+
+
+def test_recover_everything_at_startup_requeues_unexpired_leases(queue: Queue) -> None:
+    queue.enqueue([_file("a", "s"), _file("b", "t")], "m")
+    queue.claim(5)
+    assert queue.recover() == (0, 0)
+    assert queue.recover(everything=True) == (2, 0)
+    assert len(queue.claim(5)) == 2
+
+
+def test_next_ready_in(queue: Queue) -> None:
+    assert queue.next_ready_in() is None
+    queue.enqueue([_file("a", "s")], "m")
+    assert queue.next_ready_in() == 0
+    with queue.engine.begin() as conn:
+        future = (utcnow() + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        conn.exec_driver_sql("UPDATE jobs SET next_run_at = ?", (future,))
+    assert 25 < queue.next_ready_in() <= 30
