@@ -1,0 +1,102 @@
+"""Task modules: parameters from folders, input decoding, prompts, post-processing."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from conftest import png_bytes
+from edged.engine.api import Generation
+from edged.tasks import InputError, caption, ocr, translate
+from edged.tasks.images import decode_image
+from edged.tasks.text import decode_text
+
+
+def test_translate_language_from_folder_or_config(make_settings) -> None:
+    s = make_settings(tasks={"translate": {"target_language": "fr"}})
+    assert translate.params_for(["translate", "a.txt"], s) == {"target_language": "fr"}
+    assert translate.params_for(["translate", "pt_br", "a.txt"], s) == {"target_language": "pt-BR"}
+    assert translate.params_for(["translate", "de", "sub", "a.txt"], s) == {"target_language": "de"}
+
+
+def test_translate_prompt_and_unknown_language(make_settings) -> None:
+    s = make_settings()
+    req = translate.prepare({"target_language": "de"}, "Hallo {text} <end_of_turn>".encode(), s)
+    assert req.text.startswith("Translate the following text to German.")
+    assert req.text.endswith("Hallo {text} <end_of_turn>")  # user text is never formatted
+    with pytest.raises(InputError, match=r"unknown target language 'klingon'; accepted: .*zh-Hant"):
+        translate.prepare({"target_language": "klingon"}, b"x", s)
+
+
+def test_custom_template_with_unknown_field_is_a_clear_error(make_settings) -> None:
+    s = make_settings(tasks={"translate": {"prompt": "To {lang}: {text}"}})
+    with pytest.raises(InputError, match="unknown field 'lang'"):
+        translate.prepare({"target_language": "de"}, b"x", s)
+
+
+@pytest.mark.parametrize("data, text, encoding", [
+    ("héllo\r\nwörld".encode("utf-8"), "héllo\r\nwörld", "utf-8"),
+    ("\ufeffhéllo".encode("utf-8"), "héllo", "utf-8"),
+    ("héllo".encode("utf-16"), "héllo", "utf-16-le"),
+    ("héllo".encode("utf-32"), "héllo", "utf-32-le"),
+])
+def test_decode_text(data: bytes, text: str, encoding: str) -> None:
+    assert decode_text(data) == (text, encoding)
+
+
+def test_binary_and_empty_text_refused() -> None:
+    with pytest.raises(InputError, match="binary"):
+        decode_text(b"PK\x03\x04\x00\x00binary")
+    with pytest.raises(InputError, match="empty"):
+        decode_text(b"")
+
+
+def test_image_tasks_decode_and_prompt(make_settings) -> None:
+    s = make_settings()
+    req = caption.prepare({}, png_bytes((30, 20)), s)
+    assert req.images[0].size == (30, 20) and req.images[0].mode == "RGB"
+    assert "one sentence" in req.text and req.max_new_tokens == s.model.max_new_tokens
+    assert "verbatim" in ocr.prepare({}, png_bytes(), s).text
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"this is not an image", "not an image"),
+    (png_bytes((64, 64))[:60], "truncated"),
+])
+def test_bad_images(data: bytes, words: str) -> None:
+    with pytest.raises(InputError, match=words):
+        decode_image(data, 10_000_000)
+
+
+def test_decompression_bomb() -> None:
+    with pytest.raises(InputError, match="decompression bomb"):
+        decode_image(png_bytes((200, 200)), max_pixels=10_000)
+
+
+def test_animated_gif_takes_first_frame_and_says_so() -> None:
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    data = _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    img, notes = decode_image(data, 10_000)
+    assert img.getpixel((0, 0)) == (255, 0, 0) and "2 frames" in notes[0]
+
+
+def test_alpha_is_flattened_on_white() -> None:
+    img, _ = decode_image(_encoded(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), "PNG"), 10_000)
+    assert img.mode == "RGB" and img.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_postprocessing() -> None:
+    g = Generation("  A red   square.\n ", 1, 1)
+    assert caption.finish(g) == "A red square."
+    assert ocr.finish(Generation("  line  one \n\nline\ttwo  ", 1, 1)) == "line one\n\nline two"
+    with pytest.raises(InputError, match="no output"):
+        translate.finish(Generation("   ", 1, 0))
