@@ -289,18 +289,20 @@ class Queue:
         """
         now = iso(utcnow())
         with self.engine.begin() as conn:
-            cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now")
+            # Our own leases are never expired by us: they belong to the batch in flight,
+            # which may simply be slow (a long translation on a small CPU).
+            cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
             failed = conn.exec_driver_sql(
                 "UPDATE jobs SET status = 'failed', finished_at = :now, lease_owner = NULL, lease_pid = NULL,"
                 " lease_expires_at = NULL, error = 'the worker stopped while running this job '"
                 " || attempts || ' time(s) (lease expired); giving up'"
                 f" WHERE {cond} AND attempts >= :max",
-                {"now": now, "max": self.max_attempts},
+                {"now": now, "max": self.max_attempts, "me": self.owner},
             ).rowcount
             requeued = conn.exec_driver_sql(
                 "UPDATE jobs SET status = 'queued', next_run_at = :now, lease_owner = NULL, lease_pid = NULL,"
                 f" lease_expires_at = NULL WHERE {cond}",
-                {"now": now},
+                {"now": now, "me": self.owner},
             ).rowcount
         return requeued, failed
 
