@@ -76,6 +76,57 @@ def cmd_doctor(args: argparse.Namespace) -> ExitCode:
     return doctor(settings, as_json=args.json)
 
 
+def cmd_model(args: argparse.Namespace) -> ExitCode:
+    from edged.commands import model
+
+    if args.model_verb == "export":
+        return model.export(args.source, Path(args.out), args.weights, args.block_size, args.name, args.chat,
+                            args.context_length, not args.no_verify, args.lm_head_bits)
+    if args.model_verb == "build-default":
+        out = Path(args.out) if args.out else _settings(args).model_dir
+        return model.build_default(out, args.force)
+    if args.model_verb == "import":
+        return model.import_release(Path(args.dir), Path(args.out), args.dtype, args.name)
+    if args.model_verb == "verify":
+        return model.verify(Path(args.dir), args.prompt, args.tokens)
+    return model.info(Path(args.dir))
+
+
+def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("model", help="export, build, import, verify and describe models",
+                       description="export, build, import, verify and describe models")
+    p.set_defaults(func=cmd_model)
+    msub = p.add_subparsers(dest="model_verb", metavar="ACTION", required=True)
+    e = msub.add_parser("export", help="export a Gemma 3 model to int4/int8/fp16/fp32 ONNX",
+                        description="SOURCE: a Hugging Face folder, a .gguf file, random:RECIPE.json, or a hub model id")
+    e.add_argument("--from", dest="source", required=True, metavar="SOURCE")
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--weights", choices=["int4", "int8", "fp16", "fp32"], default="int4")
+    e.add_argument("--block-size", type=int, default=32, help="quantization block (int4/int8), default 32")
+    e.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="bits of the output layer (default: --weights)")
+    e.add_argument("--name", help="model name recorded with jobs (default: from the source)")
+    chat = e.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="instruction-tuned: chat format")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="base model: completion prompts")
+    e.add_argument("--context-length", type=int, help="cap the context (default: the model's)")
+    e.add_argument("--no-verify", action="store_true", help="skip the parity checks against PyTorch")
+    b = msub.add_parser("build-default", parents=[common],
+                        help="build the built-in Gemma 3 270M into the state directory (once, cached)")
+    b.add_argument("--out", help="folder (default: <state_dir>/models/gemma-3-270m from the config)")
+    b.add_argument("--force", action="store_true", help="rebuild even if a valid model is there")
+    i = msub.add_parser("import", help="import a published ONNX release (onnx-community layout)")
+    i.add_argument("dir", help="the release folder (with onnx/ and config.json)")
+    i.add_argument("--out", required=True, metavar="DIR")
+    i.add_argument("--dtype", default="q4", help="variant: q4, q4f16, fp16, quantized, fp32 (default q4)")
+    i.add_argument("--name")
+    v = msub.add_parser("verify", help="checksums, graph inputs and outputs, one short generation")
+    v.add_argument("dir")
+    v.add_argument("--prompt", default="The capital of France is")
+    v.add_argument("--tokens", type=int, default=16)
+    n = msub.add_parser("info", help="what a model folder holds")
+    n.add_argument("dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS,
@@ -119,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("retry", cmd_retry, "queue failed jobs again (their files move back from failed/ to the inbox)")
     p.add_argument("job_ids", nargs="*", type=int, metavar="JOB_ID")
     p.add_argument("--failed", action="store_true", help="retry every failed job")
+
+    _model_parser(sub, common)
 
     p = verb("doctor", cmd_doctor, "check config, paths, permissions, disk, ONNX Runtime providers and the model")
     p.add_argument("--json", action="store_true")

@@ -47,6 +47,11 @@ class ModelSettings(_Section):
     batch_size: int = Field(8, ge=1, le=256)
     max_new_tokens: int = Field(256, ge=1, le=32768)
     threads: int = Field(0, ge=0)  # 0: let ONNX Runtime decide
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    temperature: float = Field(0.0, ge=0)  # 0: greedy (deterministic)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: Optional[int] = None
     options: dict[str, Any] = Field(default_factory=dict)  # passed to a plug-in engine
 
 

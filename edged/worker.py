@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from edged import tasks
 from edged.config import Settings
-from edged.engine.api import Engine, Generation, Request
+from edged.engine.api import Engine, Generation, Request, RequestError
 from edged.logs import get_logger
 from edged.settle import Settler
 from edged.spool import InputRefused, SpoolLayout
@@ -85,7 +85,8 @@ class Worker:
         finished: list[tuple[_Item, ResultData]] = []
         for item, gen in zip(items, generations):
             if isinstance(gen, Exception):
-                self._fail(item.job, item.files, f"engine error: {type(gen).__name__}: {gen}", False, report)
+                permanent = isinstance(gen, RequestError)
+                self._fail(item.job, item.files, f"engine error: {type(gen).__name__}: {gen}", permanent, report)
                 continue
             try:
                 output = task.finish(gen)

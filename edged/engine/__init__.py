@@ -3,6 +3,6 @@
 It knows nothing of files, SQL or the queue: the worker hands it Requests.
 """
 
-from edged.engine.api import Engine, EngineError, Generation, ModelUnavailable, Request
+from edged.engine.api import Engine, EngineError, Generation, ModelUnavailable, Request, RequestError
 
-__all__ = ["Engine", "EngineError", "Generation", "ModelUnavailable", "Request"]
+__all__ = ["Engine", "EngineError", "Generation", "ModelUnavailable", "Request", "RequestError"]

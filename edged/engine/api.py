@@ -28,6 +28,10 @@ class EngineError(Exception):
     """The engine could not run a request (not the input's fault: it may succeed on retry)."""
 
 
+class RequestError(EngineError):
+    """This request can never succeed (a prompt longer than the context): fail it, don't retry."""
+
+
 class ModelUnavailable(Exception):
     """The model is missing or cannot be loaded; the daemon cannot start without it."""
 

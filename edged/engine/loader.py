@@ -8,8 +8,7 @@ from pathlib import Path
 
 from edged.config import ModelSettings
 from edged.engine.api import Engine, ModelUnavailable
-
-MANIFEST = "edged-model.json"
+from edged.models.manifest import MANIFEST
 
 
 def is_plugin(spec: str) -> bool:

@@ -1,0 +1,110 @@
+"""`edged model …`: export, build-default, import, verify, info."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from edged.exitcodes import CliError, ExitCode
+from edged.models.manifest import Manifest, ManifestError
+
+
+def progress_printer() -> Any:
+    """Progress lines on stderr with elapsed time; quiet when stderr is not a terminal."""
+    start = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def show(msg: str) -> None:
+        if tty:
+            print(f"[{time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _need_export_extra() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise CliError("model export needs the export extra: pip install 'edged[export]'", ExitCode.ERROR) from None
+
+
+def export(source: str, out: Path, weights: str, block_size: int, name: Optional[str], chat: Optional[bool],
+           context: Optional[int], verify: bool, lm_head_bits: Optional[int]) -> ExitCode:
+    _need_export_extra()
+    from edged.models.export import ExportError, ExportOptions, export_model
+
+    opts = ExportOptions(weights=weights, block_size=block_size, name=name, chat=chat, context_length=context,
+                         verify=verify, lm_head_bits=lm_head_bits)
+    try:
+        manifest = export_model(source, out, opts, progress_printer())
+    except ExportError as exc:
+        raise CliError(str(exc), ExitCode.INPUT) from None
+    print_info(manifest, out)
+    return ExitCode.OK
+
+
+def build_default(out: Path, force: bool) -> ExitCode:
+    _need_export_extra()
+    from edged.models.default import build_default as build
+
+    try:
+        manifest = build(out, progress_printer(), force=force)
+    except RuntimeError as exc:
+        raise CliError(str(exc), ExitCode.MODEL_UNAVAILABLE) from None
+    print_info(manifest, out)
+    return ExitCode.OK
+
+
+def import_release(src: Path, out: Path, dtype: str, name: Optional[str]) -> ExitCode:
+    from edged.models.importer import ImportError_, import_onnx_community
+
+    try:
+        manifest = import_onnx_community(src, out, dtype, name)
+    except ImportError_ as exc:
+        raise CliError(str(exc), ExitCode.INPUT) from None
+    print_info(manifest, out)
+    return ExitCode.OK
+
+
+def verify(folder: Path, prompt: str, tokens: int) -> ExitCode:
+    from edged.models.verify import verify_model
+
+    ok, lines = verify_model(folder, prompt, tokens)
+    for line in lines:
+        print(line)
+    return ExitCode.OK if ok else ExitCode.CHECK_FAILED
+
+
+def info(folder: Path) -> ExitCode:
+    try:
+        manifest = Manifest.load(folder)
+    except ManifestError as exc:
+        raise CliError(str(exc), ExitCode.NOT_FOUND) from None
+    print_info(manifest, folder)
+    return ExitCode.OK
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def print_info(m: Manifest, folder: Path) -> None:
+    t = m.text
+    local = sum(1 for x in t.layer_types if x == "sliding_attention")
+    print(f"model          {m.name} ({'instruction-tuned, chat format' if m.instruction_tuned else 'base, completion prompts'})")
+    print(f"folder         {folder}")
+    print(f"weights        {m.weights} {m.quantization if m.quantization else ''}".rstrip())
+    print(f"shape          {t.num_layers} layers ({local} sliding-window of {t.sliding_window}, "
+          f"{t.num_layers - local} global), hidden {t.hidden_size}, {t.num_attention_heads} heads / "
+          f"{t.num_kv_heads} KV heads of {t.head_dim}, vocab {t.vocab_size}")
+    print(f"context        {t.context_length} tokens; KV cache {m.kv_bytes_per_token:,} bytes/token, "
+          f"{_mib(m.kv_bytes())} per sequence at full context")
+    print(f"vision         {'yes' if m.vision else 'no'}")
+    files = ", ".join(f"{name} ({_mib(meta['bytes'])})" for name, meta in m.files.items())
+    print(f"files          {files}")
+    for key, rep in m.parity.items():
+        print(f"parity         {key}: max |Δlogit| {rep.get('max_abs_logit_diff', float('nan')):.3g}, "
+              f"greedy equal {rep.get('greedy_tokens_equal')}, agreement {rep.get('greedy_agreement')}")

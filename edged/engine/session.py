@@ -1,0 +1,70 @@
+"""ONNX Runtime sessions and the choice of execution provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edged.engine.api import ModelUnavailable
+from edged.logs import get_logger
+
+log = get_logger("edged.engine")
+
+_OPT = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    provider: str = "auto"  # auto | cuda | cpu
+    threads: int = 0
+    optimization: str = "all"
+    device_id: int = 0
+
+
+def _options(s: SessionSettings) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _OPT[s.optimization]
+    if s.threads:
+        opts.intra_op_num_threads = s.threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # ORT's own warnings go to stderr unstructured; we log what matters
+    return opts
+
+
+def choose_provider(s: SessionSettings) -> tuple[str, str]:
+    """(provider to try, why). 'offered' is not 'working': the session decides in the end."""
+    offered = ort.get_available_providers()
+    if s.provider == "cpu":
+        return "cpu", "model.provider is cpu"
+    if "CUDAExecutionProvider" in offered:
+        return "cuda", "onnxruntime offers CUDAExecutionProvider"
+    if s.provider == "cuda":
+        raise ModelUnavailable(f"model.provider is cuda but onnxruntime {ort.__version__} offers only {offered}"
+                               " (install onnxruntime-gpu and the CUDA libraries)")
+    return "cpu", f"onnxruntime offers no CUDA provider ({', '.join(offered)})"
+
+
+def open_session(path: Path, s: SessionSettings, want: str) -> tuple[ort.InferenceSession, str]:
+    """A session on `want` (cuda falls back to cpu unless cuda was required); returns (session, got)."""
+    if want == "cuda":
+        providers = [("CUDAExecutionProvider", {"device_id": s.device_id}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=_options(s), providers=providers)
+    except Exception as exc:  # ORT raises its own types; all mean the same here
+        raise ModelUnavailable(f"{path.name}: onnxruntime cannot load it: {exc}") from None
+    got = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    if want == "cuda" and got != "cuda":
+        if s.provider == "cuda":
+            raise ModelUnavailable(f"{path.name}: the CUDA provider did not initialise (CUDA/cuDNN libraries missing?)")
+        log.warning("cuda_unavailable", graph=path.name,
+                    detail="onnxruntime offered CUDA but the session came up on the CPU (CUDA libraries missing?)")
+    return sess, got

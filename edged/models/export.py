@@ -1,0 +1,243 @@
+"""`edged model export`: a Gemma 3 source -> the three-graph ONNX layout with a manifest.
+
+Sources: a Hugging Face model folder, a GGUF file, `random:<config.json>` (random weights
+for shape, memory and speed checks, and for tests), or a model id (downloaded by
+transformers; needs internet). Every graph is checked against the PyTorch model before
+quantization, and the quantized graphs against the fp32 ones; the differences go in the
+manifest.
+
+optimum's exporter is not used for the decoder: it exports gemma3 with `input_ids` as the
+input, while the layout here takes `inputs_embeds` (one decoder for text-only and vision
+models, image features merged by the engine), and it cannot export the vision or embedding
+graphs at all. torch.onnx.export with our own wrappers (graphs.py) does all three.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from edged.models import graphs, parity
+from edged.models.manifest import Manifest, TextShape, Tokens
+from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_nbits, to_fp16
+from edged.timeutil import now_iso
+
+Progress = Callable[[str], None]
+TOKEN_NAMES = {
+    "start_of_turn": "<start_of_turn>", "end_of_turn": "<end_of_turn>", "start_of_image": "<start_of_image>",
+    "end_of_image": "<end_of_image>", "image_soft_token": "<image_soft_token>",
+}
+
+
+class ExportError(Exception):
+    pass
+
+
+@dataclass
+class ExportOptions:
+    weights: str = "int4"
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+    quantize_embeddings: bool = True
+    lm_head_bits: Optional[int] = None  # None: same as the other MatMuls
+    name: Optional[str] = None
+    chat: Optional[bool] = None  # None: guessed from the source (chat template, "-it" name)
+    context_length: Optional[int] = None
+    verify: bool = True
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    text_model: torch.nn.Module
+    lm_head: torch.nn.Module
+    tokenizer_json: Path
+    source: dict[str, Any]
+    chat: bool
+    name: str
+    cleanup: list[Path] = field(default_factory=list)
+
+
+def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    inner = model.model
+    text = getattr(inner, "language_model", inner)
+    return text, model.lm_head
+
+
+def _eager(model: torch.nn.Module) -> torch.nn.Module:
+    model.config._attn_implementation = "eager"
+    for sub in model.modules():
+        cfg = getattr(sub, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            cfg._attn_implementation = "eager"
+    return model.eval().float()
+
+
+def _guess_chat(folder: Path, name: str) -> bool:
+    for f in ("tokenizer_config.json", "chat_template.json", "chat_template.jinja"):
+        p = folder / f
+        if p.is_file() and "start_of_turn" in p.read_text(errors="replace"):
+            return True
+    return name.endswith("-it")
+
+
+def load_source(source: str, progress: Progress) -> Loaded:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if source.startswith("random:"):
+        from edged.models.random_model import build_random
+
+        return build_random(Path(source[len("random:"):]), progress)
+    path = Path(source)
+    if path.suffix == ".gguf" and path.is_file():
+        from edged.models.gguf import load_gguf
+
+        return load_gguf(path, progress)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ExportError(f"{path}: not a Hugging Face model folder (no config.json)")
+        folder, kind = path, "hf-folder"
+    else:
+        from huggingface_hub import snapshot_download
+
+        progress(f"downloading {source} from the Hugging Face hub")
+        try:
+            folder, kind = Path(snapshot_download(source)), "hf-hub"
+        except Exception as exc:  # noqa: BLE001 - offline boxes get one clear message
+            raise ExportError(f"{source}: not a folder or .gguf file here, and the hub refused it: {exc}") from None
+    if not (folder / "tokenizer.json").is_file():
+        raise ExportError(f"{folder}: tokenizer.json missing")
+    config = AutoConfig.from_pretrained(folder)
+    progress(f"loading {folder} ({config.model_type}) in float32")
+    if config.model_type == "gemma3":
+        from transformers import Gemma3ForConditionalGeneration
+
+        model = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    text, head = _parts(_eager(model))
+    name = folder.name if kind == "hf-folder" else source.split("/")[-1]
+    return Loaded(model, text, head, folder / "tokenizer.json", {"kind": kind, "path": str(source)},
+                  _guess_chat(folder, name.lower()), name)
+
+
+def special_tokens(tokenizer_json: Path, text_config: Any) -> Tokens:
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    by_content = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    vocab = data.get("model", {}).get("vocab", {})
+    if isinstance(vocab, dict):
+        for content in TOKEN_NAMES.values():
+            by_content.setdefault(content, vocab.get(content))
+    eos = text_config.eos_token_id
+    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    if by_content.get("<end_of_turn>") is not None and by_content["<end_of_turn>"] not in eos:
+        eos.append(by_content["<end_of_turn>"])
+    return Tokens(bos=text_config.bos_token_id, eos=[int(e) for e in eos if e is not None],
+                  pad=text_config.pad_token_id if text_config.pad_token_id is not None else 0,
+                  **{k: by_content.get(v) for k, v in TOKEN_NAMES.items()})
+
+
+def text_shape(cfg: Any, context: Optional[int]) -> TextShape:
+    return TextShape(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
+                     num_attention_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+                     head_dim=cfg.head_dim, sliding_window=cfg.sliding_window, layer_types=list(cfg.layer_types),
+                     context_length=context or cfg.max_position_embeddings)
+
+
+def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> dict[str, Any]:
+    info: dict[str, Any] = {"weights": opts.weights}
+    dec_src, emb_src = tmp / "decoder_model_merged.onnx", tmp / "embed_tokens.onnx"
+    dec_out, emb_out = out / "decoder_model_merged.onnx", out / "embed_tokens.onnx"
+    quiet = logging.getLogger("onnxruntime.quantization")
+    quiet.setLevel(logging.WARNING)
+    for h in logging.getLogger().handlers:
+        h.setLevel(logging.WARNING)
+    if opts.weights in ("int4", "int8"):
+        bits = 4 if opts.weights == "int4" else 8
+        info.update(bits=bits, block_size=opts.block_size, symmetric=opts.symmetric,
+                    accuracy_level=opts.accuracy_level, embeddings=bits if opts.quantize_embeddings else 32)
+        head = lm_head_nodes(dec_src)
+        exclude = head if opts.lm_head_bits and opts.lm_head_bits != bits else []
+        progress(f"quantizing the decoder to {opts.weights} (block {opts.block_size})")
+        stage = tmp / "decoder.stage.onnx" if exclude else dec_out
+        quantize_nbits(dec_src, stage, bits, opts.block_size, opts.symmetric, opts.accuracy_level, exclude=exclude)
+        if exclude:
+            progress(f"quantizing the output layer to int{opts.lm_head_bits}")
+            quantize_nbits(stage, dec_out, opts.lm_head_bits, opts.block_size, opts.symmetric,
+                           opts.accuracy_level, exclude=[])
+            info["lm_head_bits"] = opts.lm_head_bits
+        if opts.quantize_embeddings:
+            progress(f"quantizing the embedding table to {opts.weights}")
+            quantize_nbits(emb_src, emb_out, bits, opts.block_size, opts.symmetric, None, gather=True)
+        else:
+            shutil.copy(emb_src, emb_out)
+    elif opts.weights == "fp16":
+        progress("converting to fp16")
+        to_fp16(dec_src, dec_out)
+        to_fp16(emb_src, emb_out)
+    else:
+        for src, dst in ((dec_src, dec_out), (emb_src, emb_out)):
+            shutil.copy(src, dst)
+            data = src.parent / (src.name + ".data")
+            if data.exists():
+                shutil.copy(data, dst.parent / data.name)
+    return info
+
+
+def export_model(source: str, out: Path, opts: Optional[ExportOptions] = None,
+                 progress: Optional[Progress] = None) -> Manifest:
+    opts = opts or ExportOptions()
+    progress = progress or (lambda msg: None)
+    if opts.weights not in WEIGHTS:
+        raise ExportError(f"--weights {opts.weights!r}: choose one of {', '.join(WEIGHTS)}")
+    loaded = load_source(source, progress)
+    try:
+        return _export_loaded(loaded, out, opts, progress)
+    finally:
+        for p in loaded.cleanup:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Progress) -> Manifest:
+    cfg = loaded.text_model.config
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edged-export-", dir=out.parent) as tmp_s:
+        tmp = Path(tmp_s)
+        progress("exporting embed_tokens.onnx")
+        graphs.export_embed(loaded.text_model, tmp / "embed_tokens.onnx")
+        progress("exporting decoder_model_merged.onnx")
+        graphs.export_decoder(loaded.text_model, loaded.lm_head, tmp / "decoder_model_merged.onnx")
+        report: dict[str, Any] = {}
+        if opts.verify:
+            progress("checking the fp32 graphs against PyTorch")
+            report["fp32_vs_pytorch"] = parity.onnx_vs_torch(loaded.model, tmp, cfg)
+        qinfo = _quantize(tmp, out, opts, progress)
+        if opts.verify and opts.weights != "fp32":
+            progress(f"comparing the {opts.weights} graphs with fp32")
+            report[f"{opts.weights}_vs_fp32"] = parity.quantized_vs_fp32(tmp, out, cfg)
+    shutil.copy(loaded.tokenizer_json, out / "tokenizer.json")
+    manifest = Manifest(
+        name=opts.name or loaded.name,
+        text=text_shape(cfg, opts.context_length),
+        tokens=special_tokens(out / "tokenizer.json", cfg),
+        weights=opts.weights,
+        instruction_tuned=loaded.chat if opts.chat is None else opts.chat,
+        graphs={"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx", "vision": None},
+        source=loaded.source,
+        quantization=qinfo,
+        parity=report,
+        created_at=now_iso(),
+    )
+    manifest.record_files(out)
+    manifest.save(out)
+    progress(f"wrote {out} ({sum(f['bytes'] for f in manifest.files.values()) / 2**20:.0f} MiB)")
+    return manifest
+

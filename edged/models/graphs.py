@@ -1,0 +1,176 @@
+"""Exporting Gemma 3 to the three-graph ONNX layout (embed_tokens, decoder, vision encoder).
+
+The decoder wrapper builds its own attention masks from `attention_mask` and positions
+instead of calling Hugging Face's mask helpers: those branch in Python (prefill or not,
+sliding cache cropping), and a traced graph would freeze whichever branch ran at export
+time. Our masks are plain tensor ops, so one graph serves prefill and decode, any batch,
+any past length. The KV cache is kept whole for every layer; sliding-window layers see only
+the last `sliding_window` positions through their mask, which is exactly what Hugging Face
+computes with its cropped cache.
+
+Only the last position's logits leave the decoder: at prefill, full logits would be
+seq × 262,144 floats per row for no use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+OPSET = 18
+IR_VERSION = 10  # onnxruntime-gpu 1.31 reads IR <= 13; onnx 1.23 would write 14
+
+
+class _PastCache:
+    """The minimum of transformers' Cache that Gemma3Attention calls: concatenate and keep."""
+
+    def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.past = past
+        self.present: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(past)
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: Any = None):
+        pk, pv = self.past[layer_idx]
+        k = torch.cat([pk, key], dim=2)
+        v = torch.cat([pv, value], dim=2)
+        self.present[layer_idx] = (k, v)
+        return k, v
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.past[layer_idx][0].shape[2]
+
+
+def build_masks(attention_mask: torch.Tensor, q_len: int, sliding_window: int, dtype: torch.dtype,
+                bidirectional: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """Additive masks [batch, 1, q, kv] for full and sliding-window layers.
+
+    attention_mask: [batch, kv] (1 = real token, 0 = padding), the last q of which are the
+    queries. `bidirectional` [batch, q, kv] (optional) allows extra pairs (image tokens
+    attending to each other at prefill). Each query may always see itself, so no row is
+    fully masked: padded rows stay finite instead of turning into NaNs that would leak
+    into the cache.
+    """
+    kv_len = attention_mask.shape[1]
+    kv_idx = torch.cumsum(torch.ones_like(attention_mask[0]), 0) - 1  # [kv]
+    q_idx = kv_idx[kv_len - q_len:]  # [q]
+    causal = kv_idx[None, :] <= q_idx[:, None]  # [q, kv]
+    in_window = kv_idx[None, :] > (q_idx[:, None] - sliding_window)
+    itself = kv_idx[None, :] == q_idx[:, None]
+    keys = attention_mask[:, None, None, :].bool()  # [b, 1, 1, kv]
+    full = causal[None, None] & keys
+    sliding = full & in_window[None, None]
+    if bidirectional is not None:
+        extra = bidirectional[:, None].bool() & keys
+        full = full | extra
+        sliding = sliding | extra
+    full = full | itself[None, None]
+    sliding = sliding | itself[None, None]
+    neg = torch.finfo(dtype).min
+    zero = torch.zeros((), dtype=dtype)
+    return {
+        "full_attention": torch.where(full, zero, torch.tensor(neg, dtype=dtype)),
+        "sliding_attention": torch.where(sliding, zero, torch.tensor(neg, dtype=dtype)),
+    }
+
+
+class DecoderGraph(nn.Module):
+    """inputs_embeds, attention_mask, position_ids, past_key_values.* -> logits (last), present.*"""
+
+    def __init__(self, text_model: nn.Module, lm_head: nn.Module) -> None:
+        super().__init__()
+        self.text_model = text_model
+        self.lm_head = lm_head
+        self.config = text_model.config
+        self.num_layers = self.config.num_hidden_layers
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past_flat: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None):
+        m = self.text_model
+        past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.num_layers)]
+        q_len = inputs_embeds.shape[1]
+        past_len = past[0][0].shape[2]
+        masks = build_masks(attention_mask, q_len, self.config.sliding_window, inputs_embeds.dtype)
+        cache = _PastCache(past)
+        cache_position = torch.arange(q_len, device=inputs_embeds.device) + past_len
+        pos_global = m.rotary_emb(inputs_embeds, position_ids)
+        pos_local = m.rotary_emb_local(inputs_embeds, position_ids)
+        h = inputs_embeds
+        for layer in m.layers[: self.num_layers]:
+            h = layer(h, position_embeddings_global=pos_global, position_embeddings_local=pos_local,
+                      attention_mask=masks[layer.attention_type], position_ids=position_ids,
+                      past_key_values=cache, cache_position=cache_position)[0]
+        h = m.norm(h[:, -1:, :])
+        logits = self.lm_head(h)
+        present = [t for pair in cache.present for t in pair]
+        return (logits, *present)
+
+
+class EmbedGraph(nn.Module):
+    """input_ids -> inputs_embeds (Gemma's embedding already scales by sqrt(hidden))."""
+
+    def __init__(self, embed_tokens: nn.Module) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+
+def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+    present = [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+    return past, present
+
+
+def _finish(path: Path) -> None:
+    """Pin the IR version the runtime reads, and keep large graphs' weights beside them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    model.ir_version = IR_VERSION
+    big = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else False
+    for stale in path.parent.glob(path.name + ".data"):
+        stale.unlink()
+    onnx.save(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=path.name + ".data")
+
+
+def export_embed(text_model: nn.Module, out: Path) -> Path:
+    graph = EmbedGraph(text_model.embed_tokens).eval()
+    ids = torch.tensor([[2, 10, 11], [2, 12, 13]], dtype=torch.long)
+    with torch.no_grad():
+        torch.onnx.export(graph, (ids,), str(out), input_names=["input_ids"], output_names=["inputs_embeds"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}},
+                          opset_version=OPSET, dynamo=False)
+    _finish(out)
+    return out
+
+
+def export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+    cfg = text_model.config
+    graph = DecoderGraph(text_model, lm_head).eval()
+    batch, seq, past_len = 2, 3, 4
+    kvh, hd = cfg.num_key_value_heads, cfg.head_dim
+    embeds = torch.randn(batch, seq, cfg.hidden_size, dtype=dtype)
+    mask = torch.ones(batch, past_len + seq, dtype=torch.long)
+    mask[1, :2] = 0
+    pos = torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous()
+    past = [torch.randn(batch, kvh, past_len, hd, dtype=dtype) for _ in range(2 * cfg.num_hidden_layers)]
+    past_names, present_names = kv_names(cfg.num_hidden_layers)
+    axes: dict[str, dict[int, str]] = {
+        "inputs_embeds": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "total"},
+        "position_ids": {0: "batch", 1: "seq"},
+        "logits": {0: "batch"},
+    }
+    axes.update({n: {0: "batch", 2: "past"} for n in past_names})
+    axes.update({n: {0: "batch", 2: "total"} for n in present_names})
+    with torch.no_grad():
+        torch.onnx.export(graph, (embeds, mask, pos, *past), str(out),
+                          input_names=["inputs_embeds", "attention_mask", "position_ids", *past_names],
+                          output_names=["logits", *present_names], dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
+    _finish(out)
+    return out

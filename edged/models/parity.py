@@ -1,0 +1,112 @@
+"""How far exported graphs are from the model they came from: measured, then recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edged.models.graphs import kv_names
+
+
+class OnnxGreedy:
+    """A minimal single-sequence greedy loop over embed + decoder graphs (no batching)."""
+
+    def __init__(self, folder: Path, cfg: Any) -> None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        cpu = ["CPUExecutionProvider"]
+        self.embed = ort.InferenceSession(str(folder / "embed_tokens.onnx"), opts, providers=cpu)
+        self.decoder = ort.InferenceSession(str(folder / "decoder_model_merged.onnx"), opts, providers=cpu)
+        self.names, _ = kv_names(cfg.num_hidden_layers)
+        self.kv = (cfg.num_key_value_heads, cfg.head_dim)
+
+    def run(self, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
+        past = {n: np.zeros((1, *self.kv[:1], 0, self.kv[1]), np.float32) for n in self.names}
+        ids = np.array([prompt], dtype=np.int64)
+        mask = np.ones((1, len(prompt)), dtype=np.int64)
+        pos = np.arange(len(prompt), dtype=np.int64)[None]
+        logits, tokens = [], []
+        for _ in range(steps + 1):
+            embeds = self.embed.run(None, {"input_ids": ids})[0]
+            out = self.decoder.run(None, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, **past})
+            last = out[0][0, -1]
+            logits.append(last)
+            token = int(np.argmax(last))
+            tokens.append(token)
+            past = dict(zip(self.names, out[1:]))
+            ids = np.array([[token]], dtype=np.int64)
+            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+            pos = np.array([[mask.shape[1] - 1]], dtype=np.int64)
+        return logits, tokens
+
+
+def torch_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
+    from transformers.cache_utils import DynamicCache
+
+    cfg = getattr(model.config, "text_config", model.config)
+    cache = DynamicCache(config=cfg)
+    ids = torch.tensor([prompt])
+    logits, tokens = [], []
+    with torch.no_grad():
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        for _ in range(steps + 1):
+            last = out.logits[0, -1].float().numpy()
+            logits.append(last)
+            token = int(last.argmax())
+            tokens.append(token)
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+    return logits, tokens
+
+
+def sample_prompts(cfg: Any, bos: Optional[int] = None) -> list[list[int]]:
+    """Deterministic prompts from ordinary ids (no control tokens), one longer than a window."""
+    rng = np.random.default_rng(1234)
+    low, high = min(300, cfg.vocab_size // 2), min(cfg.vocab_size, 200_000)
+    bos = cfg.bos_token_id if bos is None else bos
+    lengths = [6, min(cfg.sliding_window + 5, 40)]
+    return [[bos] + rng.integers(low, high, size=n).tolist() for n in lengths]
+
+
+def _compare(a: list[np.ndarray], b: list[np.ndarray], ta: list[int], tb: list[int]) -> dict[str, Any]:
+    agree = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), len(ta))
+    return {
+        "max_abs_logit_diff": float(max(np.abs(x - y).max() for x, y in zip(a, b))),
+        "prefill_max_abs_logit_diff": float(np.abs(a[0] - b[0]).max()),
+        "greedy_tokens_equal": ta == tb,
+        "greedy_agreement": agree,
+    }
+
+
+def onnx_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, steps: int = 12) -> dict[str, Any]:
+    runner = OnnxGreedy(folder, cfg)
+    results = []
+    for prompt in sample_prompts(cfg):
+        ol, ot = runner.run(prompt, steps)
+        tl, tt = torch_greedy(model, prompt, steps)
+        results.append(_compare(ol, tl, ot, tt))
+    return _merge(results, steps)
+
+
+def quantized_vs_fp32(fp32: Path, quant: Path, cfg: Any, steps: int = 12) -> dict[str, Any]:
+    a, b = OnnxGreedy(fp32, cfg), OnnxGreedy(quant, cfg)
+    results = []
+    for prompt in sample_prompts(cfg):
+        la, ta = a.run(prompt, steps)
+        lb, tb = b.run(prompt, steps)
+        results.append(_compare(lb, la, tb, ta))
+    return _merge(results, steps)
+
+
+def _merge(results: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    return {
+        "prompts": len(results),
+        "steps": steps + 1,
+        "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in results),
+        "prefill_max_abs_logit_diff": max(r["prefill_max_abs_logit_diff"] for r in results),
+        "greedy_tokens_equal": all(r["greedy_tokens_equal"] for r in results),
+        "greedy_agreement": [r["greedy_agreement"] for r in results],
+    }

@@ -1,0 +1,63 @@
+"""`edged model verify`: is this model folder whole, shaped as the engine expects, and alive?"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edged.models.manifest import Manifest, ManifestError
+
+
+def _io(path: Path) -> tuple[set[str], set[str]]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return {i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()}
+
+
+def verify_model(folder: Path, prompt: str = "The capital of France is", tokens: int = 16) -> tuple[bool, list[str]]:
+    lines: list[str] = []
+    try:
+        m = Manifest.load(folder)
+    except ManifestError as exc:
+        return False, [f"FAIL manifest: {exc}"]
+    lines.append(f"ok   manifest: {m.name}, {m.weights}, {len(m.files)} files")
+    problems = m.check_files(folder)
+    lines += [f"FAIL file {p}" for p in problems] or [f"ok   checksums of {len(m.files)} files"]
+    ok = not problems
+    past = {f"past_key_values.{i}.{k}" for i in range(m.text.num_layers) for k in ("key", "value")}
+    present = {f"present.{i}.{k}" for i in range(m.text.num_layers) for k in ("key", "value")}
+    expect = {
+        "embed": ({"input_ids"}, {"inputs_embeds"}),
+        "decoder": ({"inputs_embeds", "attention_mask"} | past, {"logits"} | present),
+    }
+    for role, (ins, outs) in expect.items():
+        name = m.graphs.get(role)
+        try:
+            have_in, have_out = _io(folder / name)
+        except Exception as exc:  # noqa: BLE001 - any load failure is the finding
+            lines.append(f"FAIL {name}: cannot load: {exc}")
+            ok = False
+            continue
+        missing = sorted((ins - have_in) | (outs - have_out))
+        if missing:
+            lines.append(f"FAIL {name}: missing inputs/outputs {missing[:6]}{' …' if len(missing) > 6 else ''}")
+            ok = False
+        else:
+            lines.append(f"ok   {name}: {len(have_in)} inputs, {len(have_out)} outputs as expected")
+    if not ok:
+        return False, lines
+    from edged.engine.api import Request
+    from edged.engine.onnx import OnnxEngine
+    from edged.engine.session import SessionSettings
+
+    engine = OnnxEngine(folder, SessionSettings())
+    t0 = time.perf_counter()
+    (gen,) = engine.generate([Request(prompt, max_new_tokens=tokens)])
+    secs = time.perf_counter() - t0
+    lines.append(f"ok   generation on {engine.provider}: {gen.prompt_tokens} prompt + {gen.output_tokens} new tokens "
+                 f"in {secs:.2f}s ({gen.finish_reason})")
+    lines.append(f"     {prompt!r} -> {gen.text!r}")
+    return gen.output_tokens > 0 or gen.finish_reason == "stop", lines

@@ -1,0 +1,47 @@
+"""Models built by the project's own export code, cached between tests and runs.
+
+The cache key covers the recipe, the export options and the export code itself, so a change
+to edged/models rebuilds what it affects and nothing is ever stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("EDGED_CACHE", Path.home() / ".cache" / "edged")) / "test-models"
+
+
+def _code_hash() -> str:
+    digest = hashlib.sha256()
+    for p in sorted((REPO / "edged" / "models").glob("*.py")):
+        digest.update(p.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def built_model(source: str, **options) -> Path:
+    """Export `source` with `options` once; later calls (and later test runs) reuse it."""
+    from edged.models.export import ExportOptions, export_model
+    from edged.models.manifest import Manifest, ManifestError
+
+    recipe = Path(source.split(":", 1)[1]) if source.startswith("random:") else Path(source)
+    key_src = json.dumps({"source": source, "content": recipe.read_text() if recipe.is_file() and recipe.suffix == ".json"
+                          else str(recipe), "options": options, "code": _code_hash()}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    out = CACHE / f"{recipe.stem}-{options.get('weights', 'int4')}-{key}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not Manifest.load(out).check_files(out):
+                return out
+        except ManifestError:
+            pass
+        shutil.rmtree(out, ignore_errors=True)
+        export_model(source, out, ExportOptions(**options))
+    return out
