@@ -120,6 +120,9 @@ class Daemon:
                                coalesce=True, max_instances=1)
         self.scheduler.start()
 
+        if s.model.path is None and s.model.engine == "onnx":
+            log.info("default_model", path=str(s.model_dir),
+                     detail="model.path is not set: using the built-in Gemma 3 270M (base model, text only)")
         log.info("loading_model", engine=s.model.engine, path=str(s.model_dir), model=model)
         try:
             self.engine = load_engine(s.model, s.model_dir)

@@ -31,6 +31,7 @@ class GenParams:
     top_p: float = 1.0
     seed: Optional[int] = None
     repetition_guard: bool = True
+    stop_on_eos: bool = True  # False only for benchmarks that need a fixed length
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Generator:
             for row, idx in enumerate(active):
                 out, p = outs[idx], params[idx]
                 token = _choose(logits[row], p, rngs[idx])
-                if token in self.eos:
+                if token in self.eos and p.stop_on_eos:
                     out.finish_reason = "stop"
                     continue
                 out.tokens.append(token)

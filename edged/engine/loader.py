@@ -37,9 +37,9 @@ def load_engine(settings: ModelSettings, model_dir: Path) -> Engine:
     if settings.engine != "onnx":
         raise ModelUnavailable(f"model.engine {settings.engine!r}: unknown engine (use 'onnx' or 'module:callable')")
     if not (model_dir / MANIFEST).is_file():
-        raise ModelUnavailable(
-            f"no model at {model_dir} ({MANIFEST} not found): set model.path to an exported model folder"
-        )
+        fix = ("build the built-in default with `edged model build-default`" if settings.path is None
+               else "point model.path at a folder made by `edged model export` or `edged model import`")
+        raise ModelUnavailable(f"no model at {model_dir} ({MANIFEST} not found): {fix}")
     try:
         onnx_engine = importlib.import_module("edged.engine.onnx")
     except ImportError as exc:

