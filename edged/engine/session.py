@@ -38,12 +38,28 @@ def _options(s: SessionSettings) -> ort.SessionOptions:
     return opts
 
 
+def _preload_cuda() -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip packages when that is where they are (ORT >= 1.21).
+
+    Without it, a box whose CUDA libraries came from pip rather than the system finds none
+    and silently runs on the CPU.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - a missing library shows up as a CPU session later
+        log.debug("cuda_preload_failed", error=str(exc))
+
+
 def choose_provider(s: SessionSettings) -> tuple[str, str]:
     """(provider to try, why). 'offered' is not 'working': the session decides in the end."""
     offered = ort.get_available_providers()
     if s.provider == "cpu":
         return "cpu", "model.provider is cpu"
     if "CUDAExecutionProvider" in offered:
+        _preload_cuda()
         return "cuda", "onnxruntime offers CUDAExecutionProvider"
     if s.provider == "cuda":
         raise ModelUnavailable(f"model.provider is cuda but onnxruntime {ort.__version__} offers only {offered}"

@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 from edged.config import Settings
 from edged.engine.api import Generation, Request
-from edged.tasks.base import check_size, render, require_text
-from edged.tasks.images import decode_image
+from edged.tasks.base import require_text
+from edged.tasks.images import image_request
 
 name = "caption"
 DEFAULT_PROMPT = "Describe this image in one sentence."
@@ -18,15 +18,7 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
 
 
 def prepare(params: dict[str, Any], data: bytes, settings: Settings) -> Request:
-    cfg = settings.tasks.caption
-    check_size(data, cfg)
-    image, notes = decode_image(data, cfg.max_pixels)
-    return Request(
-        text=render(cfg.prompt or DEFAULT_PROMPT),
-        images=(image,),
-        max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,
-        options={"notes": notes} if notes else {},
-    )
+    return image_request(data, settings.tasks.caption, DEFAULT_PROMPT, settings)
 
 
 def finish(generation: Generation) -> str:

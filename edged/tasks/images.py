@@ -9,7 +9,9 @@ import numpy as np
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edged.tasks.base import InputError
+from edged.config import ImageTaskSettings, Settings
+from edged.engine.api import Request
+from edged.tasks.base import InputError, check_size, render
 
 
 def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
@@ -49,3 +51,15 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img, notes
+
+
+def image_request(data: bytes, cfg: ImageTaskSettings, default_prompt: str, settings: Settings) -> Request:
+    """The engine request of an image task: the decoded picture and the task's prompt."""
+    check_size(data, cfg)
+    image, notes = decode_image(data, cfg.max_pixels)
+    return Request(
+        text=render(cfg.prompt or default_prompt),
+        images=(image,),
+        max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,
+        options={"notes": notes} if notes else {},
+    )
