@@ -70,7 +70,8 @@ def choose_provider(s: SessionSettings) -> tuple[str, str]:
 def open_session(path: Path, s: SessionSettings, want: str) -> tuple[ort.InferenceSession, str]:
     """A session on `want` (cuda falls back to cpu unless cuda was required); returns (session, got)."""
     if want == "cuda":
-        providers = [("CUDAExecutionProvider", {"device_id": s.device_id}), "CPUExecutionProvider"]
+        cuda = ("CUDAExecutionProvider", {"device_id": s.device_id}) if s.device_id else "CUDAExecutionProvider"
+        providers = [cuda, "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
     try:

@@ -47,6 +47,7 @@ class ExportOptions:
     symmetric: bool = True
     accuracy_level: int = 4
     quantize_embeddings: bool = True
+    embed_block_size: int = 32  # the embedding Gather is quantized symmetric, in its own blocks
     lm_head_bits: Optional[int] = None  # None: same as the other MatMuls
     name: Optional[str] = None
     chat: Optional[bool] = None  # None: guessed from the source (chat template, "-it" name)
@@ -165,7 +166,8 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> 
     if opts.weights in ("int4", "int8"):
         bits = 4 if opts.weights == "int4" else 8
         info.update(bits=bits, block_size=opts.block_size, symmetric=opts.symmetric,
-                    accuracy_level=opts.accuracy_level, embeddings=bits if opts.quantize_embeddings else 32)
+                    accuracy_level=opts.accuracy_level, embeddings=bits if opts.quantize_embeddings else 32,
+                    embed_block_size=opts.embed_block_size)
         head = lm_head_nodes(dec_src)
         exclude = head if opts.lm_head_bits and opts.lm_head_bits != bits else []
         progress(f"quantizing the decoder to {opts.weights} (block {opts.block_size})")
@@ -178,7 +180,7 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> 
             info["lm_head_bits"] = opts.lm_head_bits
         if opts.quantize_embeddings:
             progress(f"quantizing the embedding table to {opts.weights}")
-            quantize_nbits(emb_src, emb_out, bits, opts.block_size, opts.symmetric, None, gather=True)
+            quantize_nbits(emb_src, emb_out, bits, opts.embed_block_size, True, None, gather=True)
         else:
             shutil.copy(emb_src, emb_out)
     elif opts.weights == "fp16":
