@@ -46,7 +46,7 @@ class ModelSettings(_Section):
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     batch_size: int = Field(8, ge=1, le=256)
     max_new_tokens: int = Field(256, ge=1, le=32768)
-    threads: int = Field(0, ge=0)  # 0: let ONNX Runtime decide
+    threads: int = Field(0, ge=0)  # 0: every core this process may use
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
     temperature: float = Field(0.0, ge=0)  # 0: greedy (deterministic)
     top_k: int = Field(0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,10 @@ class SessionSettings:
 def _options(s: SessionSettings) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = _OPT[s.optimization]
-    if s.threads:
-        opts.intra_op_num_threads = s.threads
-        opts.inter_op_num_threads = 1
+    # ORT's own default (0) measured 25 % slower decode here than naming the cores we may
+    # use; one graph runs at a time, so no inter-op pool is needed.
+    opts.intra_op_num_threads = s.threads or len(os.sched_getaffinity(0))
+    opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # ORT's own warnings go to stderr unstructured; we log what matters
     return opts
 
