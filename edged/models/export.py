@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from edged.models import graphs, parity
-from edged.models.manifest import Manifest, TextShape, Tokens
+from edged.models.manifest import Manifest, TextShape, Tokens, Vision
 from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_nbits, to_fp16
 from edged.timeutil import now_iso
 
@@ -210,6 +210,20 @@ def export_model(source: str, out: Path, opts: Optional[ExportOptions] = None,
             shutil.rmtree(p, ignore_errors=True)
 
 
+def vision_shape(loaded: Loaded) -> Optional[Vision]:
+    """The image geometry of a vision model (None for text-only), with its processor's normalisation."""
+    vcfg = getattr(loaded.model.config, "vision_config", None)
+    if vcfg is None or not hasattr(loaded.model.model, "vision_tower"):
+        return None
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    proc = Path(loaded.source.get("path", "")) / "preprocessor_config.json"
+    if proc.is_file():
+        data = json.loads(proc.read_text())
+        mean, std = data.get("image_mean", mean), data.get("image_std", std)
+    return Vision(image_size=vcfg.image_size, tokens_per_image=loaded.model.config.mm_tokens_per_image,
+                  mean=list(mean), std=list(std), patch_size=vcfg.patch_size)
+
+
 def _parity_prompts(loaded: Loaded, opts: ExportOptions) -> Optional[list[list[int]]]:
     if not opts.parity_texts:
         return None
@@ -223,19 +237,33 @@ def _parity_prompts(loaded: Loaded, opts: ExportOptions) -> Optional[list[list[i
 
 def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Progress) -> Manifest:
     cfg = loaded.text_model.config
+    vision = vision_shape(loaded)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edged-export-", dir=out.parent) as tmp_s:
         tmp = Path(tmp_s)
         progress("exporting embed_tokens.onnx")
         graphs.export_embed(loaded.text_model, tmp / "embed_tokens.onnx")
         progress("exporting decoder_model_merged.onnx")
-        graphs.export_decoder(loaded.text_model, loaded.lm_head, tmp / "decoder_model_merged.onnx")
+        graphs.export_decoder(loaded.text_model, loaded.lm_head, tmp / "decoder_model_merged.onnx",
+                              vision=vision is not None)
+        tokens = special_tokens(loaded.tokenizer_json, cfg)
+        if vision is not None:
+            progress("exporting vision_encoder.onnx (fp32)")
+            graphs.export_vision(loaded.model.model, vision.image_size, tmp / "vision_encoder.onnx")
         report: dict[str, Any] = {}
         prompts = _parity_prompts(loaded, opts)
         if opts.verify:
             progress("checking the fp32 graphs against PyTorch")
             report["fp32_vs_pytorch"] = parity.onnx_vs_torch(loaded.model, tmp, cfg, opts.parity_steps, prompts)
+            if vision is not None:
+                report["vision_fp32_vs_pytorch"] = parity.vision_vs_torch(
+                    loaded.model, tmp, cfg, tokens, vision.image_size, opts.parity_steps)
         qinfo = _quantize(tmp, out, opts, progress)
+        if vision is not None:
+            shutil.copy(tmp / "vision_encoder.onnx", out / "vision_encoder.onnx")
+            for data in tmp.glob("vision_encoder.onnx.data"):
+                shutil.copy(data, out / data.name)
+            qinfo["vision"] = "fp32"
         if opts.verify and opts.weights != "fp32":
             progress(f"comparing the {opts.weights} graphs with fp32")
             report[f"{opts.weights}_vs_fp32"] = parity.quantized_vs_fp32(tmp, out, cfg, opts.parity_steps, prompts)
@@ -243,10 +271,12 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
     manifest = Manifest(
         name=opts.name or loaded.name,
         text=text_shape(cfg, opts.context_length),
-        tokens=special_tokens(out / "tokenizer.json", cfg),
+        tokens=tokens,
         weights=opts.weights,
         instruction_tuned=loaded.chat if opts.chat is None else opts.chat,
-        graphs={"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx", "vision": None},
+        graphs={"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx",
+                "vision": "vision_encoder.onnx" if vision is not None else None},
+        vision=vision,
         source=loaded.source,
         quantization=qinfo,
         parity=report,

@@ -109,6 +109,22 @@ def _use_gqa(config: Any) -> None:
     config._attn_implementation = "edged_gqa"
 
 
+def image_pairs(token_type_ids: torch.Tensor, past_len: int) -> torch.Tensor:
+    """[batch, q, kv]: True where query and key are tokens of the same image.
+
+    Hugging Face lets an image's tokens attend to each other both ways at prefill; the
+    groups are runs of consecutive image tokens (token_type_ids == 1). Keys from the past
+    are text (images only ever arrive at prefill).
+    """
+    is_image = token_type_ids == 1
+    previous = torch.cat([torch.zeros_like(is_image[:, :1]), is_image[:, :-1]], dim=1)
+    starts = (is_image & ~previous).to(torch.int64)
+    group = torch.where(is_image, torch.cumsum(starts, dim=1) - 1, torch.full_like(starts, -1))
+    past_group = torch.full_like(group[:, :1], -1).expand(group.shape[0], past_len)
+    kv_group = torch.cat([past_group, group], dim=1)
+    return (group[:, :, None] >= 0) & (group[:, :, None] == kv_group[:, None, :])
+
+
 class DecoderGraph(nn.Module):
     """inputs_embeds, attention_mask, position_ids, past_key_values.* -> logits (last), present.*"""
 
@@ -120,12 +136,17 @@ class DecoderGraph(nn.Module):
         self.num_layers = self.config.num_hidden_layers
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                *past_flat: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None):
+                *past_flat: torch.Tensor):
+        return self.decode(inputs_embeds, attention_mask, position_ids, past_flat, None)
+
+    def decode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+               past_flat: tuple, token_type_ids: Optional[torch.Tensor]):
         m = self.text_model
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.num_layers)]
         q_len = inputs_embeds.shape[1]
         past_len = past[0][0].shape[2]
-        masks = build_masks(attention_mask, q_len, self.config.sliding_window, inputs_embeds.dtype)
+        pairs = image_pairs(token_type_ids, past_len) if token_type_ids is not None else None
+        masks = build_masks(attention_mask, q_len, self.config.sliding_window, inputs_embeds.dtype, pairs)
         cache = _PastCache(past)
         cache_position = torch.arange(q_len, device=inputs_embeds.device) + past_len
         pos_global = m.rotary_emb(inputs_embeds, position_ids)
@@ -139,6 +160,25 @@ class DecoderGraph(nn.Module):
         logits = self.lm_head(h)
         present = [t for pair in cache.present for t in pair]
         return (logits, *present)
+
+
+class VisionDecoderGraph(DecoderGraph):
+    """The decoder of a vision model: token_type_ids (1 = image token) as a fourth input."""
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                token_type_ids: torch.Tensor, *past_flat: torch.Tensor):
+        return self.decode(inputs_embeds, attention_mask, position_ids, past_flat, token_type_ids)
+
+
+class VisionGraph(nn.Module):
+    """pixel_values [n, 3, size, size] -> image_features [n, tokens, hidden] (SigLIP + projector)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
 
 
 class EmbedGraph(nn.Module):
@@ -182,19 +222,31 @@ def export_embed(text_model: nn.Module, out: Path) -> Path:
     return out
 
 
-def export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+def export_vision(model: nn.Module, image_size: int, out: Path) -> Path:
+    graph = VisionGraph(model).eval()
+    pixels = torch.randn(2, 3, image_size, image_size)
+    with torch.no_grad():
+        torch.onnx.export(graph, (pixels,), str(out), input_names=["pixel_values"], output_names=["image_features"],
+                          dynamic_axes={"pixel_values": {0: "images"}, "image_features": {0: "images"}},
+                          opset_version=OPSET, dynamo=False)
+    _finish(out)
+    return out
+
+
+def export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype: torch.dtype = torch.float32,
+                   vision: bool = False) -> Path:
     cfg = text_model.config
     previous = cfg._attn_implementation
     _use_gqa(cfg)
     try:
-        return _export_decoder(text_model, lm_head, out, dtype)
+        return _export_decoder(text_model, lm_head, out, dtype, vision)
     finally:
         cfg._attn_implementation = previous
 
 
-def _export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype: torch.dtype) -> Path:
+def _export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype: torch.dtype, vision: bool) -> Path:
     cfg = text_model.config
-    graph = DecoderGraph(text_model, lm_head).eval()
+    graph = (VisionDecoderGraph if vision else DecoderGraph)(text_model, lm_head).eval()
     batch, seq, past_len = 2, 3, 4
     kvh, hd = cfg.num_key_value_heads, cfg.head_dim
     embeds = torch.randn(batch, seq, cfg.hidden_size, dtype=dtype)
@@ -211,9 +263,16 @@ def _export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype:
     }
     axes.update({n: {0: "batch", 2: "past"} for n in past_names})
     axes.update({n: {0: "batch", 2: "total"} for n in present_names})
+    extra_inputs: list[torch.Tensor] = []
+    extra_names: list[str] = []
+    if vision:
+        types = torch.zeros(batch, seq, dtype=torch.long)
+        types[0, 1:] = 1
+        extra_inputs, extra_names = [types], ["token_type_ids"]
+        axes["token_type_ids"] = {0: "batch", 1: "seq"}
     with torch.no_grad():
-        torch.onnx.export(graph, (embeds, mask, pos, *past), str(out),
-                          input_names=["inputs_embeds", "attention_mask", "position_ids", *past_names],
+        torch.onnx.export(graph, (embeds, mask, pos, *extra_inputs, *past), str(out),
+                          input_names=["inputs_embeds", "attention_mask", "position_ids", *extra_names, *past_names],
                           output_names=["logits", *present_names], dynamic_axes=axes,
                           opset_version=OPSET, dynamo=False)
     _finish(out)

@@ -23,16 +23,25 @@ class OnnxGreedy:
         self.decoder = ort.InferenceSession(str(folder / "decoder_model_merged.onnx"), opts, providers=cpu)
         self.names, _ = kv_names(cfg.num_hidden_layers)
         self.kv = (cfg.num_key_value_heads, cfg.head_dim)
+        self.typed = "token_type_ids" in {i.name for i in self.decoder.get_inputs()}
 
-    def run(self, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
+    def run(self, prompt: list[int], steps: int, features: Optional[np.ndarray] = None,
+            image_token: Optional[int] = None) -> tuple[list[np.ndarray], list[int]]:
+        """Greedy tokens and last logits; `features` replace the rows of `image_token` at prefill."""
         past = {n: np.zeros((1, *self.kv[:1], 0, self.kv[1]), np.float32) for n in self.names}
         ids = np.array([prompt], dtype=np.int64)
         mask = np.ones((1, len(prompt)), dtype=np.int64)
         pos = np.arange(len(prompt), dtype=np.int64)[None]
+        types = (ids == image_token).astype(np.int64) if image_token is not None else np.zeros_like(ids)
         logits, tokens = [], []
-        for _ in range(steps + 1):
+        for step in range(steps + 1):
             embeds = self.embed.run(None, {"input_ids": ids})[0]
-            out = self.decoder.run(None, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, **past})
+            if step == 0 and features is not None:
+                embeds[0, ids[0] == image_token] = features.reshape(-1, embeds.shape[-1])
+            feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, **past}
+            if self.typed:
+                feeds["token_type_ids"] = types if step == 0 else np.zeros_like(ids)
+            out = self.decoder.run(None, feeds)
             last = out[0][0, -1]
             logits.append(last)
             token = int(np.argmax(last))
@@ -112,3 +121,35 @@ def _merge(results: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         "greedy_tokens_equal": all(r["greedy_tokens_equal"] for r in results),
         "greedy_agreement": [r["greedy_agreement"] for r in results],
     }
+
+
+def vision_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, tokens: Any, image_size: int,
+                    steps: int = 12) -> dict[str, Any]:
+    """Image features, and logits over a prompt with an image, against Hugging Face."""
+    from transformers.cache_utils import DynamicCache
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    vision = ort.InferenceSession(str(folder / "vision_encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    n_img = model.config.mm_tokens_per_image
+    gen = torch.Generator().manual_seed(7)
+    pixels = torch.rand(1, 3, image_size, image_size, generator=gen) * 2 - 1
+    prompt = [tokens.bos, 300 % cfg.vocab_size, tokens.start_of_image] + [tokens.image_soft_token] * n_img + \
+             [tokens.end_of_image, 301 % cfg.vocab_size, 302 % cfg.vocab_size]
+    types = torch.tensor([[1 if t == tokens.image_soft_token else 0 for t in prompt]])
+    with torch.no_grad():
+        ref_features = model.model.get_image_features(pixels).numpy()
+        out = model(input_ids=torch.tensor([prompt]), pixel_values=pixels, token_type_ids=types,
+                    past_key_values=DynamicCache(config=cfg), use_cache=True)
+        ref_logits, ref_tokens = [], []
+        for _ in range(steps + 1):
+            last = out.logits[0, -1].float().numpy()
+            ref_logits.append(last)
+            ref_tokens.append(int(last.argmax()))
+            out = model(input_ids=torch.tensor([[ref_tokens[-1]]]), token_type_ids=torch.zeros(1, 1, dtype=torch.long),
+                        past_key_values=out.past_key_values, use_cache=True)
+    features = vision.run(None, {"pixel_values": pixels.numpy()})[0]
+    logits, toks = OnnxGreedy(folder, cfg).run(prompt, steps, features[0], tokens.image_soft_token)
+    result = _compare(logits, ref_logits, toks, ref_tokens)
+    result["features_max_abs_diff"] = float(np.abs(features - ref_features).max())
+    return result
