@@ -97,6 +97,7 @@ class Generator:
         self.kv_dtype = _NP.get(types.get(self.past_names[0], "tensor(float)"), np.float32)
         self.embed_dtype = _NP.get(types.get("inputs_embeds", "tensor(float)"), np.float32)
         self.has_position_ids = "position_ids" in types
+        self.has_token_types = "token_type_ids" in types
         self.eos = set(manifest.tokens.eos)
         self.pos_base = int(manifest.decoder.get("position_ids_base", 0))
 
@@ -117,13 +118,15 @@ class Generator:
                     embeds[row, slots] = feats.astype(embeds.dtype)
         return self._value(embeds.astype(self.embed_dtype, copy=False))
 
-    def _step(self, embeds: ort.OrtValue, mask: np.ndarray, pos: np.ndarray,
-              past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
+    def _step(self, embeds: ort.OrtValue, mask: np.ndarray, pos: np.ndarray, past: list[ort.OrtValue],
+              token_types: Optional[np.ndarray] = None) -> tuple[np.ndarray, list[ort.OrtValue]]:
         b = self.decoder.io_binding()
         b.bind_ortvalue_input("inputs_embeds", embeds)
         b.bind_cpu_input("attention_mask", mask)
         if self.has_position_ids:
             b.bind_cpu_input("position_ids", pos)
+        if self.has_token_types:
+            b.bind_cpu_input("token_type_ids", token_types if token_types is not None else np.zeros_like(pos))
         for name, value in zip(self.past_names, past):
             b.bind_ortvalue_input(name, value)
         b.bind_output("logits", "cpu")
@@ -160,7 +163,8 @@ class Generator:
         timing = BatchTiming()
 
         t0 = time.perf_counter()
-        logits, past = self._step(self._embed(ids, features), mask, pos, past)
+        types = (ids == self.m.tokens.image_soft_token).astype(np.int64) if features else None
+        logits, past = self._step(self._embed(ids, features), mask, pos, past, types)
         timing.prefill_ms = (time.perf_counter() - t0) * 1000
         active = list(range(n))  # batch row -> request index
         last_pos = pos[:, -1].copy()

@@ -6,9 +6,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from edged.config import ModelSettings
 from edged.engine.api import Generation, ModelUnavailable, Request, RequestError
 from edged.engine.generate import BatchTiming, Generator, GenParams
+from edged.engine.images import batch_pixels
 from edged.engine.session import SessionSettings, choose_provider, open_session
 from edged.engine.tokenizer import GemmaTokenizer
 from edged.logs import get_logger
@@ -33,6 +36,9 @@ class OnnxEngine:
         want, why = choose_provider(session)
         self.embed, got = open_session(model_dir / m.graphs["embed"], session, want)
         self.decoder, got = open_session(model_dir / m.graphs["decoder"], session, got)
+        self.vision = None
+        if m.graphs.get("vision"):
+            self.vision, got = open_session(model_dir / m.graphs["vision"], session, got)
         self.name = m.name
         self.provider = got
         self.tokenizer = GemmaTokenizer(model_dir / "tokenizer.json", m.tokens)
@@ -44,12 +50,30 @@ class OnnxEngine:
                  load_s=round(self.load_s, 2), context=m.text.context_length, chat=m.instruction_tuned)
 
     def prompt_ids(self, req: Request) -> list[int]:
-        if req.images:
+        if req.images and self.vision is None:
             raise RequestError(f"model {self.name} has no vision encoder: it cannot read images")
-        return self.tokenizer.prompt(req.text, chat=self.manifest.instruction_tuned)
+        n_tokens = self.manifest.vision.tokens_per_image if req.images else 0
+        return self.tokenizer.prompt(req.text, chat=self.manifest.instruction_tuned, images=len(req.images),
+                                     image_tokens=n_tokens)
+
+    def image_features(self, requests: Sequence[Request]) -> Optional[list[Optional[np.ndarray]]]:
+        """Every image of the batch through the vision graph at once; rows per request, in order."""
+        images = [im for r in requests for im in r.images]
+        if not images:
+            return None
+        v = self.manifest.vision
+        feats = self.vision.run(None, {"pixel_values": batch_pixels(images, v.image_size, v.mean, v.std)})[0]
+        out: list[Optional[np.ndarray]] = []
+        at = 0
+        for r in requests:
+            n = len(r.images)
+            out.append(feats[at:at + n].reshape(-1, feats.shape[-1]) if n else None)
+            at += n
+        return out
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         prompts = [self.prompt_ids(r) for r in requests]
+        features = self.image_features(requests)
         params = [GenParams(
             max_new_tokens=r.max_new_tokens or self.defaults.max_new_tokens,
             temperature=r.options.get("temperature", self.defaults.temperature),
@@ -57,12 +81,12 @@ class OnnxEngine:
             top_p=r.options.get("top_p", self.defaults.top_p),
             seed=r.options.get("seed", self.defaults.seed),
         ) for r in requests]
-        outs, self.last_timing = self.generator.run(prompts, params)
+        outs, self.last_timing = self.generator.run(prompts, params, features)
         return [Generation(self.tokenizer.decode(o.tokens), o.prompt_tokens, len(o.tokens), o.finish_reason)
                 for o in outs]
 
     def close(self) -> None:
-        self.embed = self.decoder = None  # type: ignore[assignment]
+        self.embed = self.decoder = self.vision = None  # type: ignore[assignment]
 
 
 def load(settings: ModelSettings, model_dir: Path) -> OnnxEngine:
