@@ -100,3 +100,33 @@ def test_postprocessing() -> None:
     assert ocr.finish(Generation("  line  one \n\nline\ttwo  ", 1, 1)) == "line one\n\nline two"
     with pytest.raises(InputError, match="no output"):
         translate.finish(Generation("   ", 1, 0))
+
+
+def _rgb_at(img: Image.Image, xy: tuple[int, int]) -> tuple[int, int, int]:
+    return img.getpixel(xy)
+
+
+def test_palette_grayscale_cmyk_and_16_bit_become_rgb() -> None:
+    pal = Image.new("P", (4, 4))
+    pal.putpalette([0, 0, 255] + [0, 0, 0] * 255)
+    img, _ = decode_image(_encoded(pal, "PNG"), 10_000)
+    assert img.mode == "RGB" and _rgb_at(img, (0, 0)) == (0, 0, 255)
+    img, _ = decode_image(_encoded(Image.new("L", (4, 4), 128), "PNG"), 10_000)
+    assert img.mode == "RGB" and _rgb_at(img, (1, 1)) == (128, 128, 128)
+    img, _ = decode_image(_encoded(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"), 10_000)
+    r, g, b = _rgb_at(img, (1, 1))
+    assert img.mode == "RGB" and r > 200 and g < 60 and b < 60  # CMYK red stays red
+    sixteen = Image.new("I;16", (4, 4), 65535 // 2)
+    img, _ = decode_image(_encoded(sixteen, "PNG"), 10_000)
+    assert img.mode == "RGB" and abs(_rgb_at(img, (0, 0))[0] - 127) <= 1  # scaled, not clipped to white
+
+
+def test_exif_orientation_is_applied() -> None:
+    base = Image.new("RGB", (40, 20), "white")
+    base.paste((255, 0, 0), (0, 0, 10, 20))  # red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    img, _ = decode_image(_encoded(base, "JPEG", exif=exif.tobytes()), 10_000)
+    assert img.size == (20, 40)
+    r, g, b = _rgb_at(img, (10, 2))  # the left band is now at the top
+    assert r > 200 and g < 80
