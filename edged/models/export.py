@@ -159,8 +159,9 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> 
     info: dict[str, Any] = {"weights": opts.weights}
     dec_src, emb_src = tmp / "decoder_model_merged.onnx", tmp / "embed_tokens.onnx"
     dec_out, emb_out = out / "decoder_model_merged.onnx", out / "embed_tokens.onnx"
+    # The quantizer logs every node at INFO and warns that int4 needs opset 21, which it then sets.
     quiet = logging.getLogger("onnxruntime.quantization")
-    quiet.setLevel(logging.WARNING)
+    quiet.setLevel(logging.ERROR)
     for h in logging.getLogger().handlers:
         h.setLevel(logging.WARNING)
     if opts.weights in ("int4", "int8"):

@@ -14,6 +14,7 @@ seq × 262,144 floats per row for no use.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -198,6 +199,14 @@ def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
+def _quiet_export(*args: Any, **kwargs: Any) -> None:
+    """torch.onnx.export without the tracer's warnings about constants we put there on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(*args, **kwargs)
+
+
 def _finish(path: Path) -> None:
     """Pin the IR version the runtime reads, and keep large graphs' weights beside them."""
     import onnx
@@ -215,7 +224,7 @@ def export_embed(text_model: nn.Module, out: Path) -> Path:
     graph = EmbedGraph(text_model.embed_tokens).eval()
     ids = torch.tensor([[2, 10, 11], [2, 12, 13]], dtype=torch.long)
     with torch.no_grad():
-        torch.onnx.export(graph, (ids,), str(out), input_names=["input_ids"], output_names=["inputs_embeds"],
+        _quiet_export(graph, (ids,), str(out), input_names=["input_ids"], output_names=["inputs_embeds"],
                           dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}},
                           opset_version=OPSET, dynamo=False)
     _finish(out)
@@ -226,7 +235,7 @@ def export_vision(model: nn.Module, image_size: int, out: Path) -> Path:
     graph = VisionGraph(model).eval()
     pixels = torch.randn(2, 3, image_size, image_size)
     with torch.no_grad():
-        torch.onnx.export(graph, (pixels,), str(out), input_names=["pixel_values"], output_names=["image_features"],
+        _quiet_export(graph, (pixels,), str(out), input_names=["pixel_values"], output_names=["image_features"],
                           dynamic_axes={"pixel_values": {0: "images"}, "image_features": {0: "images"}},
                           opset_version=OPSET, dynamo=False)
     _finish(out)
@@ -271,7 +280,7 @@ def _export_decoder(text_model: nn.Module, lm_head: nn.Module, out: Path, dtype:
         extra_inputs, extra_names = [types], ["token_type_ids"]
         axes["token_type_ids"] = {0: "batch", 1: "seq"}
     with torch.no_grad():
-        torch.onnx.export(graph, (embeds, mask, pos, *extra_inputs, *past), str(out),
+        _quiet_export(graph, (embeds, mask, pos, *extra_inputs, *past), str(out),
                           input_names=["inputs_embeds", "attention_mask", "position_ids", *extra_names, *past_names],
                           output_names=["logits", *present_names], dynamic_axes=axes,
                           opset_version=OPSET, dynamo=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import onnx
 
 from edged.models.graphs import IR_VERSION
@@ -44,7 +45,8 @@ def quantize_nbits(src: Path, out: Path, bits: int = 4, block_size: int = 32, sy
                              accuracy_level=accuracy_level, nodes_to_exclude=list(exclude),
                              op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)),
                              algo_config=cfg)
-    q.process()
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: scale 0, handled by the quantizer
+        q.process()
     _save(q.model.model, out)
 
 
