@@ -83,6 +83,8 @@ class TaskSettings(_Section):
 
 class ImageTaskSettings(TaskSettings):
     max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard
+    pan_and_scan: bool = False  # extra crops of tall or wide pictures (documents)
+    max_crops: int = Field(4, ge=2, le=16)
 
 
 class TranslateSettings(TaskSettings):
@@ -92,7 +94,7 @@ class TranslateSettings(TaskSettings):
 
 class TasksSettings(_Section):
     caption: ImageTaskSettings = Field(default_factory=ImageTaskSettings)
-    ocr: ImageTaskSettings = Field(default_factory=ImageTaskSettings)
+    ocr: ImageTaskSettings = Field(default_factory=lambda: ImageTaskSettings(pan_and_scan=True))
     translate: TranslateSettings = Field(default_factory=TranslateSettings)
 
 

@@ -103,3 +103,37 @@ def test_daemon_captions_and_reads_images_and_fails_bad_ones(daemon_factory, tin
         err = json.loads((d.spool / "failed" / (rel + ".error.json")).read_text())
         assert err["error"] and err["attempts"] == 1
     assert (d.spool / "done" / "ocr" / "page.png").exists()
+
+
+@pytest.mark.parametrize("size", [(1400, 500), (500, 1900), (600, 560), (3000, 300)])
+def test_pan_and_scan_equals_gemma3_image_processor(size) -> None:
+    from transformers import Gemma3ImageProcessor
+
+    from edged.engine.images import batch_pixels, pan_and_scan
+
+    rng = np.random.default_rng(size[0])
+    img = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8), "RGB")
+    proc = Gemma3ImageProcessor(size={"height": 896, "width": 896}, do_pan_and_scan=True,
+                                pan_and_scan_min_crop_size=256, pan_and_scan_max_num_crops=4,
+                                pan_and_scan_min_ratio_to_activate=1.2)
+    ref = proc(images=img, return_tensors="np")
+    crops = pan_and_scan(img, max_crops=4)
+    assert len(crops) == int(ref["num_crops"][0])
+    ours = batch_pixels([img, *crops], 896, [0.5] * 3, [0.5] * 3)
+    assert ours.shape == ref["pixel_values"].shape
+    assert float(np.abs(ours - ref["pixel_values"]).max()) <= 1e-5
+
+
+def test_pan_and_scan_prompt_and_features(tiny_vision) -> None:
+    engine = OnnxEngine(tiny_vision, SessionSettings(provider="cpu"))
+    page = Image.new("RGB", (300, 900), "white")
+    plain = Request("read", images=(page,), max_new_tokens=4, options={})
+    scanned = Request("read", images=(page,), max_new_tokens=4, options={"pan_and_scan": 4})
+    views = engine.views(scanned)
+    assert len(views[0]) == 1 + 3  # the page and three crops of 300x300
+    ids = engine.prompt_ids(scanned, views)
+    m = engine.manifest
+    assert ids.count(m.tokens.start_of_image) == 4 and ids.count(m.tokens.image_soft_token) == 4 * 16
+    assert "Here is the original image" in engine.tokenizer.decode(ids)
+    (a,), (b,) = engine.generate([plain]), engine.generate([scanned])
+    assert b.prompt_tokens > a.prompt_tokens + 3 * 16

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from edged.config import ModelSettings
 from edged.engine.api import Generation, ModelUnavailable, Request, RequestError
 from edged.engine.generate import BatchTiming, Generator, GenParams
-from edged.engine.images import batch_pixels
+from edged.engine.images import batch_pixels, pan_and_scan
 from edged.engine.session import SessionSettings, choose_provider, open_session
 from edged.engine.tokenizer import GemmaTokenizer
 from edged.logs import get_logger
@@ -49,31 +50,38 @@ class OnnxEngine:
         log.info("model_loaded", model=m.name, weights=m.weights, provider=got, reason=why,
                  load_s=round(self.load_s, 2), context=m.text.context_length, chat=m.instruction_tuned)
 
-    def prompt_ids(self, req: Request) -> list[int]:
+    def views(self, req: Request) -> list[list[Image.Image]]:
+        """Per image: the whole picture, then its pan-and-scan crops when the request asks for them."""
         if req.images and self.vision is None:
             raise RequestError(f"model {self.name} has no vision encoder: it cannot read images")
+        max_crops = int(req.options.get("pan_and_scan", 0) or 0)
+        return [[im, *(pan_and_scan(im, max_crops) if max_crops else [])] for im in req.images]
+
+    def prompt_ids(self, req: Request, views: list[list[Image.Image]]) -> list[int]:
         n_tokens = self.manifest.vision.tokens_per_image if req.images else 0
         return self.tokenizer.prompt(req.text, chat=self.manifest.instruction_tuned, images=len(req.images),
-                                     image_tokens=n_tokens)
+                                     image_tokens=n_tokens, crops=[len(v) - 1 for v in views])
 
-    def image_features(self, requests: Sequence[Request]) -> Optional[list[Optional[np.ndarray]]]:
-        """Every image of the batch through the vision graph at once; rows per request, in order."""
-        images = [im for r in requests for im in r.images]
+    def image_features(self, views: Sequence[list[list[Image.Image]]]) -> Optional[list[Optional[np.ndarray]]]:
+        """Every picture of the batch through the vision graph at once; rows per request, in order."""
+        flat = [[im for group in req_views for im in group] for req_views in views]
+        images = [im for req in flat for im in req]
         if not images:
             return None
         v = self.manifest.vision
         feats = self.vision.run(None, {"pixel_values": batch_pixels(images, v.image_size, v.mean, v.std)})[0]
         out: list[Optional[np.ndarray]] = []
         at = 0
-        for r in requests:
-            n = len(r.images)
+        for req in flat:
+            n = len(req)
             out.append(feats[at:at + n].reshape(-1, feats.shape[-1]) if n else None)
             at += n
         return out
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        prompts = [self.prompt_ids(r) for r in requests]
-        features = self.image_features(requests)
+        views = [self.views(r) for r in requests]
+        prompts = [self.prompt_ids(r, v) for r, v in zip(requests, views)]
+        features = self.image_features(views)
         params = [GenParams(
             max_new_tokens=r.max_new_tokens or self.defaults.max_new_tokens,
             temperature=r.options.get("temperature", self.defaults.temperature),

@@ -49,14 +49,27 @@ class GemmaTokenizer:
             raise ValueError("this model has no image tokens")
         return ["\n\n", t.start_of_image, [t.image_soft_token] * n_tokens, t.end_of_image, "\n\n"]
 
-    def prompt(self, text: str, chat: bool, images: int = 0, image_tokens: int = 0) -> list[int]:
-        """<bos> [chat frame] [image blocks] text [end of turn, model turn]."""
+    def prompt(self, text: str, chat: bool, images: int = 0, image_tokens: int = 0,
+               crops: Sequence[int] = ()) -> list[int]:
+        """<bos> [chat frame] [image blocks] text [end of turn, model turn].
+
+        `crops[i]` pan-and-scan crops of image i are introduced the way Gemma's processor
+        does it: "Here is the original image <image> and here are some crops to help you
+        see better <image> <image>".
+        """
         t = self.tokens
         parts: list[Part] = [t.bos]
         if chat:
             parts += [t.start_of_turn, "user\n"]
-        for _ in range(images):
-            parts += self.image_block(image_tokens)
+        for i in range(images):
+            n = crops[i] if i < len(crops) else 0
+            if not n:
+                parts += self.image_block(image_tokens)
+                continue
+            parts += ["Here is the original image ", *self.image_block(image_tokens),
+                      " and here are some crops to help you see better "]
+            for k in range(n):
+                parts += ([" "] if k else []) + self.image_block(image_tokens)
         parts.append(text)
         if chat:
             parts += [t.end_of_turn, "\n", t.start_of_turn, "model\n"]

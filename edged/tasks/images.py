@@ -61,5 +61,5 @@ def image_request(data: bytes, cfg: ImageTaskSettings, default_prompt: str, sett
         text=render(cfg.prompt or default_prompt),
         images=(image,),
         max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,
-        options={"notes": notes} if notes else {},
+        options={"notes": notes, "pan_and_scan": cfg.max_crops if cfg.pan_and_scan else 0},
     )
