@@ -36,6 +36,9 @@ def test_export_parity_with_image_features_and_token_types(tiny_vision) -> None:
     rep = vision_vs_torch(loaded.model, tiny_vision, loaded.text_model.config, m.tokens, 64, steps=20)
     assert rep["features_max_abs_diff"] < 1e-4
     assert rep["max_abs_logit_diff"] < 1e-4 and rep["greedy_tokens_equal"], rep
+    with torch.no_grad():
+        feats = loaded.model.model.get_image_features(torch.rand(1, 3, 64, 64))
+    assert float(feats.std()) > 0.1  # real features, not the zeros of an untouched projector
     assert m.parity["vision_fp32_vs_pytorch"]["max_abs_logit_diff"] < 1e-4
 
 
@@ -62,6 +65,8 @@ def test_batch_of_three_images_equals_one_by_one(tiny_vision) -> None:
     reqs = [Request(text, images=(im,), max_new_tokens=20, options={})
             for text, im in zip(["describe", "what is in the picture?", "read the text"], images)]
     batched = engine.generate(reqs)
+    same_prompt = [Request("describe", images=(im,), max_new_tokens=20, options={}) for im in images]
+    assert len({g.text for g in engine.generate(same_prompt)}) > 1  # the picture changes the answer
     for req, got in zip(reqs, batched):
         (alone,) = engine.generate([req])
         assert got.text == alone.text and got.output_tokens == alone.output_tokens

@@ -48,6 +48,10 @@ def build_random(recipe_path: Path, progress: Callable[[str], None]):  # noqa: A
         cfg = Gemma3Config(text_config=text_cfg.to_dict(), vision_config=recipe["vision_config"],
                            **recipe.get("multimodal", {}))
         model = Gemma3ForConditionalGeneration(cfg)
+        # transformers initialises the projector to zeros, which would make every image
+        # feature 0 and every image test pass trivially: give it weights of unit gain.
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        torch.nn.init.normal_(proj, std=proj.shape[0] ** -0.5)
     else:
         model = Gemma3ForCausalLM(text_cfg)
     progress(f"built {recipe['name']} with random weights ({sum(p.numel() for p in model.parameters()):,} parameters)")
