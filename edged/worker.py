@@ -107,7 +107,7 @@ class Worker:
             log.info("job_done", task=task.name, job_id=item.job.id, file=item.job.source_path, status="done",
                      attempt=item.job.attempts, wait_ms=_wait_ms(item.job), prepare_ms=round(item.prepare_ms, 1),
                      engine_ms=round(report.engine_ms, 1), batch=len(items), prompt_tokens=res.prompt_tokens,
-                     output_tokens=res.output_tokens)
+                     output_tokens=res.output_tokens, notes=item.request.options.get("notes") or None)
         self.on_batch(report)
         return len(jobs)
 

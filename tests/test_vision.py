@@ -88,26 +88,68 @@ def test_preprocessing_equals_gemma3_image_processor(size) -> None:
 
 def test_daemon_captions_and_reads_images_and_fails_bad_ones(daemon_factory, tiny_vision) -> None:
     d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(tiny_vision), "provider": "cpu",
-                                             "batch_size": 4, "max_new_tokens": 8})
+                                             "batch_size": 4, "max_new_tokens": 8},
+                                      tasks={"caption": {"max_pixels": 1_000_000}, "ocr": {"max_pixels": 1_000_000}})
     inbox = d.spool / "inbox"
+
+    def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    frames = [Image.new("RGB", (40, 40), c) for c in ("red", "blue", "green")]
     good = {"caption/a.png": png_bytes((80, 60), "red"), "caption/b.png": png_bytes((30, 90), "blue"),
-            "ocr/page.png": png_bytes((200, 300), "white")}
+            "ocr/page.png": png_bytes((300, 900), "white"),
+            "caption/anim.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])}
     bad = {"caption/empty.jpg": b"", "ocr/notes.jpg": b"this is text, not an image",
-           "ocr/cut.png": png_bytes((64, 64), "green")[:70]}
+           "ocr/cut.png": png_bytes((64, 64), "green")[:70],
+           "caption/cut.jpg": encoded(Image.new("RGB", (64, 64), "green"), "JPEG")[:200],
+           "ocr/bomb.png": png_bytes((1200, 1200), "black"),
+           "caption/odd.psd": b"8BPS" + bytes(200)}
     for rel, data in {**good, **bad}.items():
         (inbox / rel).parent.mkdir(parents=True, exist_ok=True)
         (inbox / rel).write_bytes(data)
     d.start()
-    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM files WHERE state != 'pending'")[0][0] == 6,
-                 timeout=60, what="6 files settled")
+    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM files WHERE state != 'pending'")[0][0] == 10,
+                 timeout=60, what="10 files settled")
     assert d.stop() == 0
     rows = dict(d.query("SELECT source_path, status FROM jobs"))
+    errors = dict(d.query("SELECT source_path, error FROM jobs WHERE status = 'failed'"))
+    assert "decompression bomb" in errors["ocr/bomb.png"] and "truncated" in errors["caption/cut.jpg"]
+    anim = next(e for e in d.events() if e.get("event") == "job_done" and e["file"] == "caption/anim.gif")
+    assert "3 frames" in anim["notes"][0]
+    page = next(e for e in d.events() if e.get("event") == "job_done" and e["file"] == "ocr/page.png")
+    assert page["prompt_tokens"] > 3 * 16  # pan-and-scan crops for the tall OCR page
     assert {k: rows[k] for k in good} == {k: "done" for k in good}
     assert {k: rows[k] for k in bad} == {k: "failed" for k in bad}
     for rel in bad:
         err = json.loads((d.spool / "failed" / (rel + ".error.json")).read_text())
         assert err["error"] and err["attempts"] == 1
     assert (d.spool / "done" / "ocr" / "page.png").exists()
+    assert (d.spool / "out" / "caption" / "a.png.caption.txt").read_text().strip()
+
+
+def test_import_of_a_release_with_a_vision_encoder(tiny_vision, tmp_path) -> None:
+    import shutil
+
+    from edged.models.importer import import_onnx_community
+
+    release = tmp_path / "tiny-vision-it-ONNX"
+    (release / "onnx").mkdir(parents=True)
+    for stem in ("embed_tokens", "decoder_model_merged", "vision_encoder"):
+        shutil.copy(tiny_vision / f"{stem}.onnx", release / "onnx" / f"{stem}_q4.onnx")
+    shutil.copy(tiny_vision / "tokenizer.json", release / "tokenizer.json")
+    recipe = json.loads(RECIPE.read_text())
+    (release / "config.json").write_text(json.dumps({"text_config": recipe["text_config"],
+                                                     "vision_config": recipe["vision_config"],
+                                                     **recipe["multimodal"]}))
+    m = import_onnx_community(release, tmp_path / "out", "q4", position_base=0)
+    assert m.graphs["vision"] == "vision_encoder_q4.onnx" and m.vision.tokens_per_image == 16
+    assert m.vision.image_size == 64 and m.tokens.image_soft_token == 264
+    engine = OnnxEngine(tmp_path / "out", SessionSettings(provider="cpu"))
+    ours = OnnxEngine(tiny_vision, SessionSettings(provider="cpu"))
+    req = Request("describe", images=(Image.new("RGB", (64, 64), "red"),), max_new_tokens=10, options={})
+    assert engine.generate([req])[0].text == ours.generate([req])[0].text
 
 
 @pytest.mark.parametrize("size", [(1400, 500), (500, 1900), (600, 560), (3000, 300)])
