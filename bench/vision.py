@@ -12,6 +12,7 @@ Ends with one key=value summary line.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import tempfile
@@ -39,6 +40,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=8, help="images per timed batch")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
 
     loaded = build_random(Path(args.recipe), print)
     size = loaded.model.config.vision_config.image_size
@@ -69,7 +71,8 @@ def main() -> int:
         if ref is None:
             ref = feats
         rel = float(np.linalg.norm(feats - ref) / np.linalg.norm(ref))
-        cos = float(np.mean(np.sum(feats * ref, -1) / (np.linalg.norm(feats, axis=-1) * np.linalg.norm(ref, axis=-1))))
+        norms = np.linalg.norm(feats, axis=-1) * np.linalg.norm(ref, axis=-1)
+        cos = float(np.mean(np.sum(feats * ref, -1) / np.maximum(norms, 1e-12)))
         mib = (path.stat().st_size + sum(p.stat().st_size for p in work.glob(path.name + ".data"))) / 2**20
         print(f"{name:5} {mib:8.1f} MiB  {rate:8.2f} images/s  feature error vs fp32: relative {rel:.4f}, "
               f"mean cosine {cos:.5f}")

