@@ -74,11 +74,11 @@ def main() -> int:
         norms = np.linalg.norm(feats, axis=-1) * np.linalg.norm(ref, axis=-1)
         cos = float(np.mean(np.sum(feats * ref, -1) / np.maximum(norms, 1e-12)))
         mib = (path.stat().st_size + sum(p.stat().st_size for p in work.glob(path.name + ".data"))) / 2**20
-        print(f"{name:5} {mib:8.1f} MiB  {rate:8.2f} images/s  feature error vs fp32: relative {rel:.4f}, "
+        print(f"{name:5} {mib:8.1f} MiB  {rate:8.3f} images/s ({1 / rate:.2f} s/image)  feature error vs fp32: relative {rel:.4f}, "
               f"mean cosine {cos:.5f}")
         summary[name] = (rate, rel, cos)
     print(" ".join([f"recipe={Path(args.recipe).stem} image_size={size} batch={args.images}"] +
-                   [f"{n}_images_per_s={r:.2f} {n}_rel_err={e:.4f}" for n, (r, e, _c) in summary.items()]))
+                   [f"{n}_images_per_s={r:.3f} {n}_rel_err={e:.4f}" for n, (r, e, _c) in summary.items()]))
     return 0
 
 
