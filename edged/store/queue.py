@@ -209,17 +209,6 @@ class Queue:
             ).all()
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
-    def extend_lease(self, job_ids: Sequence[int]) -> int:
-        exp = iso(utcnow() + timedelta(seconds=self.lease_seconds))
-        with self.engine.begin() as conn:
-            return sum(
-                conn.exec_driver_sql(
-                    "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?",
-                    (exp, jid, self.owner),
-                ).rowcount
-                for jid in job_ids
-            )
-
     def complete(self, done: Sequence[tuple[Job, ResultData]]) -> list[bool]:
         """Store results and mark their jobs done, all in one transaction.
 
