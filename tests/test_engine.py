@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 from model_cache import built_model
 from edged.engine.api import Request, RequestError
-from edged.engine.generate import GenParams, Generator, repeating
+from edged.engine.generate import GenParams, repeating
 from edged.engine.onnx import OnnxEngine
 from edged.engine.session import SessionSettings
 from edged.models.manifest import Manifest
