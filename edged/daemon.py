@@ -17,6 +17,7 @@ from edged.exitcodes import ExitCode
 from edged.intake import Intake
 from edged.lock import AlreadyLocked, StateLock
 from edged.logs import get_logger
+from edged.notify import Notifier
 from edged.settle import Settler
 from edged.spool import IgnoreRules, SpoolFiles, SpoolLayout, SpoolWatcher
 from edged.store import Queue, open_queue
@@ -51,12 +52,14 @@ class Daemon:
         self.watcher: Optional[SpoolWatcher] = None
         self.scheduler: Optional[BackgroundScheduler] = None
         self.engine: Optional[Engine] = None
+        self.notify = Notifier()
 
     def _on_signal(self, signum: int, _frame) -> None:  # noqa: ANN001 - signal frame
         self._signals += 1
         if self._signals == 1:
             log.info("stopping", signal=signal.Signals(signum).name,
                      detail="finishing the batch in flight; signal again to stop at once")
+            self.notify.stopping()
             self.stop.set()
             self.wake.set()
         else:
@@ -124,6 +127,8 @@ class Daemon:
             log.info("default_model", path=str(s.model_dir),
                      detail="model.path is not set: using the built-in Gemma 3 270M (base model, text only)")
         log.info("loading_model", engine=s.model.engine, path=str(s.model_dir), model=model)
+        self.notify.extend_timeout(600)
+        self.notify.status(f"loading model {model}")
         try:
             self.engine = load_engine(s.model, s.model_dir)
         except ModelUnavailable as exc:
@@ -131,17 +136,25 @@ class Daemon:
             return ExitCode.MODEL_UNAVAILABLE
         log.info("ready", model=model, provider=self.engine.provider, batch_size=s.model.batch_size,
                  inbox=str(layout.inbox), drop_files_into=[str(layout.inbox / t) for t in TASK_NAMES])
-        worker = Worker(s, queue, layout, settler, self.engine, on_batch=self._batch_logged)
-        worker.run(self.stop, self.wake)
+        def batch_done(report: BatchReport) -> None:
+            tok_s = self._batch_logged(report)
+            self.notify.status(f"{queue.queued_count()} queued; last batch {report.task}: {report.done} done, "
+                               f"{report.failed} failed, {tok_s:.1f} tok/s")
+
+        worker = Worker(s, queue, layout, settler, self.engine, on_batch=batch_done)
+        self.notify.ready(f"ready: model {model} on {self.engine.provider}")
+        idle = min(1.0, self.notify.watchdog_interval / 2) if self.notify.watchdog_interval else 1.0
+        worker.run(self.stop, self.wake, idle_seconds=idle, tick=self.notify.watchdog)
         log.info("stopped")
         return ExitCode.OK
 
     @staticmethod
-    def _batch_logged(report: BatchReport) -> None:
+    def _batch_logged(report: BatchReport) -> float:
         tok_s = report.output_tokens / (report.engine_ms / 1000) if report.engine_ms else 0.0
         log.info("batch", task=report.task, claimed=report.claimed, done=report.done, failed=report.failed,
                  retried=report.retried, engine_ms=round(report.engine_ms, 1), prompt_tokens=report.prompt_tokens,
                  output_tokens=report.output_tokens, output_tok_per_s=round(tok_s, 1))
+        return tok_s
 
     def _shutdown(self) -> None:
         if self.scheduler is not None:

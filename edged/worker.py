@@ -51,10 +51,17 @@ class Worker:
         self.on_batch = on_batch or (lambda report: None)
         self._claimed: list[int] = []
 
-    def run(self, stop: threading.Event, wake: threading.Event, idle_seconds: float = 1.0) -> None:
-        """Process batches until `stop` is set; sleep on `wake` while the queue is empty."""
+    def run(self, stop: threading.Event, wake: threading.Event, idle_seconds: float = 1.0,
+            tick: Optional[Callable[[], None]] = None) -> None:
+        """Process batches until `stop` is set; sleep on `wake` while the queue is empty.
+
+        `tick` runs once per loop turn, between batches: the systemd watchdog is fed from
+        here, so an engine call that hangs stops the pings and systemd restarts the service.
+        """
         try:
             while not stop.is_set():
+                if tick is not None:
+                    tick()
                 if self.run_batch() == 0:
                     ready_in = self.queue.next_ready_in()
                     wake.wait(idle_seconds if ready_in is None else min(idle_seconds, max(ready_in, 0.01)))

@@ -170,15 +170,17 @@ def test_result_and_done_state_commit_together_and_only_once(queue: Queue, tmp_p
     assert rows == [("hello", 3, 4, 5, "done")]
 
 
-def _claimer(url: str, owner: str, out) -> None:  # noqa: ANN001 - a multiprocessing queue
+def _claimer(url: str, owner: str, out, start) -> None:  # noqa: ANN001 - multiprocessing objects
     q = Queue(open_engine(url), owner=owner)
     got: list[int] = []
+    start.wait(timeout=60)  # both processes begin together, or one may drain the queue alone
     while True:
         jobs = q.claim(3)
         if not jobs:
             break
         got.extend(j.id for j in jobs)
         q.complete([(j, ResultData(owner)) for j in jobs])
+        time.sleep(0.002)  # a worker does work between claims; SQLite's lock is not fair to a busy rival
     out.put(got)
 
 
@@ -189,7 +191,8 @@ def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
     q.enqueue([_file(f"f{i}", f"sha{i}") for i in range(n)], "m")
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(url, f"w{i}", out)) for i in range(2)]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_claimer, args=(url, f"w{i}", out, start)) for i in range(2)]
     for p in procs:
         p.start()
     got = [out.get(timeout=120) for _ in procs]

@@ -378,6 +378,10 @@ class Queue:
         with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             return conn.exec_driver_sql("SELECT output FROM results WHERE job_id = ?", (job_id,)).scalar()
 
+    def queued_count(self) -> int:
+        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+            return conn.exec_driver_sql("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").scalar_one()
+
     def next_ready_in(self) -> Optional[float]:
         """Seconds until the earliest queued job becomes ready (0 if one is ready), None if none."""
         with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
