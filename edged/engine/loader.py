@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from edged.config import ModelSettings
 from edged.engine.api import Engine, ModelUnavailable
-from edged.models.manifest import MANIFEST
+from edged.models.manifest import MANIFEST, Manifest, ManifestError
 
 
 def is_plugin(spec: str) -> bool:
@@ -20,8 +19,8 @@ def model_name(settings: ModelSettings, model_dir: Path) -> str:
     if is_plugin(settings.engine):
         return str(settings.options.get("name", settings.engine))
     try:
-        return json.loads((model_dir / MANIFEST).read_text())["name"]
-    except (OSError, ValueError, KeyError):
+        return Manifest.load(model_dir).name
+    except ManifestError:
         return model_dir.name
 
 
