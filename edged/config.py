@@ -61,6 +61,7 @@ class QueueSettings(_Section):
     backoff_max_seconds: float = Field(3600.0, ge=0)
     lease_seconds: float = Field(900.0, gt=0)
     recover_seconds: float = Field(60.0, gt=0)
+    drain_grace_seconds: float = Field(60.0, ge=0)  # on SIGTERM: how long the batch in flight may finish
 
 
 class WatchSettings(_Section):
@@ -73,6 +74,32 @@ class WatchSettings(_Section):
 
 class SpoolSettings(_Section):
     write_result_files: bool = True
+    min_free_mb: int = Field(256, ge=0)  # below this, intake pauses until space comes back
+
+
+class ScheduleSettings(_Section):
+    # "HH:MM-HH:MM" in the box's local time; empty: the model runs at any hour.
+    processing_windows: list[str] = Field(default_factory=list)
+    summary_seconds: float = Field(60.0, gt=0)
+    maintenance_seconds: float = Field(3600.0, gt=0)
+
+    @field_validator("processing_windows")
+    @classmethod
+    def _windows(cls, value: list[str]) -> list[str]:
+        from edged.windows import parse_window
+
+        for w in value:
+            parse_window(w)
+        return value
+
+
+class RetentionSettings(_Section):
+    days: Optional[float] = Field(None, gt=0)  # None: keep everything
+    include_failed: bool = False
+
+
+class MetricsSettings(_Section):
+    listen: Optional[str] = None  # "127.0.0.1:9464" serves Prometheus metrics; None: off
 
 
 class TaskSettings(_Section):
@@ -87,14 +114,44 @@ class ImageTaskSettings(TaskSettings):
     max_crops: int = Field(4, ge=2, le=16)
 
 
+class OcrSettings(ImageTaskSettings):
+    pan_and_scan: bool = True
+    translate_to: Optional[str] = None  # a language: every OCR result also becomes a translate job
+
+    @field_validator("translate_to")
+    @classmethod
+    def _language(cls, value: Optional[str]) -> Optional[str]:
+        return _known_language(value)
+
+
 class TranslateSettings(TaskSettings):
     target_language: str = "en"
     source_language: Optional[str] = None
+    # Completion-style template for base models (the default 270M); fields as in `prompt`.
+    completion_prompt: Optional[str] = None
+    # Largest piece of a long text sent to the model at once, in tokens.
+    chunk_tokens: int = Field(384, ge=16)
+
+    @field_validator("target_language", "source_language")
+    @classmethod
+    def _language(cls, value: Optional[str]) -> Optional[str]:
+        return _known_language(value)
+
+
+def _known_language(value: Optional[str]) -> Optional[str]:
+    from edged.tasks.languages import accepted, normalise
+
+    if value is None:
+        return None
+    tag = normalise(value)
+    if tag is None:
+        raise ValueError(f"unknown language {value!r}; accepted: {accepted()}")
+    return tag
 
 
 class TasksSettings(_Section):
     caption: ImageTaskSettings = Field(default_factory=ImageTaskSettings)
-    ocr: ImageTaskSettings = Field(default_factory=lambda: ImageTaskSettings(pan_and_scan=True))
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
     translate: TranslateSettings = Field(default_factory=TranslateSettings)
 
 
@@ -116,6 +173,9 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tasks: TasksSettings = Field(default_factory=TasksSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

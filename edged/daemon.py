@@ -1,30 +1,44 @@
-"""Wiring for `edged run`: start-up order, scheduled jobs, signals, and a graceful drain."""
+"""Wiring for `edged run`: start-up order, scheduled jobs, signals, reload, and a graceful drain."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.engine import make_url
 
-from edged.config import Settings
+from edged import upkeep
+from edged.config import ConfigError, Settings, load_config
 from edged.engine.api import Engine, ModelUnavailable
 from edged.engine.loader import load_engine, model_name
 from edged.exitcodes import ExitCode
 from edged.intake import Intake
 from edged.lock import AlreadyLocked, StateLock
-from edged.logs import get_logger
+from edged.logs import configure_logging, get_logger
 from edged.notify import Notifier
+from edged.reload import changed_keys, live_settings, needs_restart
 from edged.settle import Settler
 from edged.spool import IgnoreRules, SpoolFiles, SpoolLayout, SpoolWatcher
+from edged.spool.space import SpaceGuard
 from edged.store import Queue, open_queue
+from edged.store.stats import Stats
 from edged.tasks import TASK_NAMES
-from edged.worker import BatchReport, Worker
+from edged.throughput import BatchReport, Meter, log_batch
+from edged.timeutil import now_iso
+from edged.windows import is_open, next_opening
+from edged.worker import Worker
 
 log = get_logger("edged.daemon")
+
+DISK_CHECK_SECONDS = 5.0  # statvfs is cheap; a filling disk should pause intake within seconds
+
+
+class DrainTimeout(BaseException):
+    """The batch in flight outlived the drain grace: its jobs are handed back, not finished."""
 
 
 def lock_path(settings: Settings) -> Path:
@@ -43,28 +57,51 @@ def build_layout(settings: Settings) -> SpoolLayout:
     return SpoolLayout(settings.spool_dir, TASK_NAMES, IgnoreRules(settings.watch.ignore))
 
 
+def intervals(s: Settings) -> dict[str, float]:
+    """Seconds between runs of each scheduled job."""
+    return {"rescan": s.watch.rescan_seconds, "recover": s.queue.recover_seconds,
+            "summary": s.schedule.summary_seconds, "maintenance": s.schedule.maintenance_seconds,
+            "disk": DISK_CHECK_SECONDS}
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.reload_requested = threading.Event()
         self._signals = 0
         self.watcher: Optional[SpoolWatcher] = None
         self.scheduler: Optional[BackgroundScheduler] = None
         self.engine: Optional[Engine] = None
+        self.worker: Optional[Worker] = None
+        self.meter: Optional[Meter] = None
         self.notify = Notifier()
+        self.state: dict[str, Any] = {"pid": os.getpid(), "started_at": now_iso(), "intake_paused": False,
+                                      "processing_open": True}
+
+    # -- signals -------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame) -> None:  # noqa: ANN001 - signal frame
         self._signals += 1
-        if self._signals == 1:
-            log.info("stopping", signal=signal.Signals(signum).name,
-                     detail="finishing the batch in flight; signal again to stop at once")
-            self.notify.stopping()
-            self.stop.set()
-            self.wake.set()
-        else:
-            # Leases of the batch in flight are released on the way out (Worker.run).
-            raise KeyboardInterrupt
+        if self._signals > 1:
+            raise KeyboardInterrupt  # leases of the batch in flight are released on the way out
+        grace = self.settings.queue.drain_grace_seconds
+        log.info("stopping", signal=signal.Signals(signum).name, drain_grace_s=grace,
+                 detail="no new batches; the batch in flight may finish within the grace; signal again to stop at once")
+        self.notify.stopping()
+        self.stop.set()
+        self.wake.set()
+        if grace <= 0:
+            raise DrainTimeout
+        signal.setitimer(signal.ITIMER_REAL, grace)
+
+    def _on_alarm(self, _signum: int, _frame) -> None:  # noqa: ANN001
+        raise DrainTimeout
+
+    def _on_hup(self, _signum: int, _frame) -> None:  # noqa: ANN001
+        self.reload_requested.set()
+        self.wake.set()
 
     def run(self) -> ExitCode:
         s = self.settings
@@ -76,52 +113,53 @@ class Daemon:
             return ExitCode.ALREADY_RUNNING
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGHUP, self._on_hup)
         try:
             return self._run()
+        except DrainTimeout:
+            log.warning("drain_timeout", grace_s=s.queue.drain_grace_seconds,
+                        detail="the batch in flight was handed back to the queue; it runs again at the next start")
+            return ExitCode.OK
+        except KeyboardInterrupt:
+            if self._signals < 2:
+                raise
+            log.warning("stopped_at_once", detail="second signal; the batch in flight was handed back")
+            return ExitCode.OK
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             self._shutdown()
             lock.release()
 
+    # -- start-up ------------------------------------------------------------------------
+
     def _run(self) -> ExitCode:
         s = self.settings
-        queue = build_queue(s)
+        self.queue = queue = build_queue(s)
+        self.stats = Stats(queue.engine)
         requeued, failed = queue.recover(everything=True)
         if requeued or failed:
             log.warning("recovered_jobs", requeued=requeued, failed=failed,
                         detail="jobs left running by a previous process")
         layout = build_layout(s)
         layout.ensure()
-        files = SpoolFiles(layout, s.spool.write_result_files)
-        files.remove_debris()
-        settler = Settler(queue, files)
+        self.files = SpoolFiles(layout, s.spool.write_result_files)
+        self.files.remove_debris()
+        settler = Settler(queue, self.files)
         settler.reconcile()
 
         model = model_name(s.model, s.model_dir)
-        intake = Intake(s, queue, layout, settler, model, on_queued=self.wake.set)
-        intake.load_known()
-        self.watcher = SpoolWatcher(layout, s.watch.stability_seconds, intake.take, polling=s.watch.polling,
+        self.guard = SpaceGuard(s.spool_dir, s.spool.min_free_mb, on_resume=self._rescan)
+        self.guard.check()
+        self.intake = Intake(s, queue, layout, settler, model, on_queued=self.wake.set,
+                             paused=lambda: self.guard.paused)
+        self.intake.load_known()
+        self.watcher = SpoolWatcher(layout, s.watch.stability_seconds, self.intake.take, polling=s.watch.polling,
                                     poll_interval=s.watch.poll_interval_seconds)
         self.watcher.start()
-        found = self.watcher.scan()
-        log.info("startup_scan", files=found)
-
-        def rescan() -> None:
-            n = self.watcher.scan()
-            intake.forget_missing()
-            log.debug("rescan", files=n)
-
-        def recover() -> None:
-            back, gave_up = queue.recover()
-            if back or gave_up:
-                log.warning("recovered_jobs", requeued=back, failed=gave_up, detail="leases expired")
-                self.wake.set()
-
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.scheduler.add_job(rescan, "interval", seconds=s.watch.rescan_seconds, id="rescan",
-                               coalesce=True, max_instances=1)
-        self.scheduler.add_job(recover, "interval", seconds=s.queue.recover_seconds, id="recover",
-                               coalesce=True, max_instances=1)
-        self.scheduler.start()
+        log.info("startup_scan", files=self.watcher.scan())
+        self.meter = Meter(self.stats, model=model)
+        self._start_scheduler()
 
         if s.model.path is None and s.model.engine == "onnx":
             log.info("default_model", path=str(s.model_dir),
@@ -134,32 +172,150 @@ class Daemon:
         except ModelUnavailable as exc:
             log.error("model_unavailable", error=str(exc), detail="files keep being queued; fix the model and restart")
             return ExitCode.MODEL_UNAVAILABLE
+        self.meter.provider = self.engine.provider
+        self._publish(model=model, provider=self.engine.provider)
+        if s.metrics.listen:
+            from edged.metrics import EdgedCollector, serve
+
+            serve(s.metrics.listen, EdgedCollector(queue.engine, self.meter, lambda: dict(self.state)))
         log.info("ready", model=model, provider=self.engine.provider, batch_size=s.model.batch_size,
                  inbox=str(layout.inbox), drop_files_into=[str(layout.inbox / t) for t in TASK_NAMES])
-        def batch_done(report: BatchReport) -> None:
-            tok_s = self._batch_logged(report)
-            self.notify.status(f"{queue.queued_count()} queued; last batch {report.task}: {report.done} done, "
-                               f"{report.failed} failed, {tok_s:.1f} tok/s")
-
-        worker = Worker(s, queue, layout, settler, self.engine, on_batch=batch_done)
+        self.worker = Worker(s, queue, layout, settler, self.engine, on_batch=self._batch_done,
+                             may_run=self._may_run)
         self.notify.ready(f"ready: model {model} on {self.engine.provider}")
         idle = min(1.0, self.notify.watchdog_interval / 2) if self.notify.watchdog_interval else 1.0
-        worker.run(self.stop, self.wake, idle_seconds=idle, tick=self.notify.watchdog)
+        self.worker.run(self.stop, self.wake, idle_seconds=idle, tick=self._tick)
+        signal.setitimer(signal.ITIMER_REAL, 0)  # drained in time: no alarm during shutdown
         log.info("stopped")
         return ExitCode.OK
 
+    def _start_scheduler(self) -> None:
+        # coalesce + max_instances=1: after a pause (a suspended box, a long checkpoint) a job
+        # runs once, not once per missed interval, and never twice at the same time.
+        funcs = {"rescan": self._rescan, "recover": self._recover, "summary": self._summary,
+                 "maintenance": self._maintenance, "disk": self.guard.check}
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        for job_id, seconds in intervals(self.settings).items():
+            self.scheduler.add_job(self._guarded(job_id, funcs[job_id]), "interval", seconds=seconds, id=job_id,
+                                   coalesce=True, max_instances=1)
+        self.scheduler.start()
+
     @staticmethod
-    def _batch_logged(report: BatchReport) -> float:
-        tok_s = report.output_tokens / (report.engine_ms / 1000) if report.engine_ms else 0.0
-        log.info("batch", task=report.task, claimed=report.claimed, done=report.done, failed=report.failed,
-                 retried=report.retried, engine_ms=round(report.engine_ms, 1), prompt_tokens=report.prompt_tokens,
-                 output_tokens=report.output_tokens, output_tok_per_s=round(tok_s, 1))
-        return tok_s
+    def _guarded(job_id: str, func: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                func()
+            except Exception:  # a scheduled job's failure is logged; the next run tries again
+                log.exception("scheduled_job_error", job=job_id)
+        return run
+
+    # -- scheduled work ------------------------------------------------------------------
+
+    def _rescan(self) -> None:
+        if self.watcher is not None:
+            n = self.watcher.scan()
+            self.intake.forget_missing()
+            log.debug("rescan", files=n)
+
+    def _recover(self) -> None:
+        back, gave_up = self.queue.recover()
+        if back or gave_up:
+            log.warning("recovered_jobs", requeued=back, failed=gave_up, detail="leases expired")
+            self.wake.set()
+
+    def _summary(self) -> None:
+        if self.meter is not None:
+            self.meter.flush()
+        self._publish()
+
+    def _maintenance(self) -> None:
+        upkeep.checkpoint(self.stats)
+        upkeep.retention(self.stats, self.files, self.settings.retention)
+
+    def _publish(self, **facts: Any) -> None:
+        """Record what `edged status` (another process) cannot see for itself."""
+        self.state.update(facts, intake_paused=self.guard.paused, spool_free_mb=self.guard.free,
+                          min_free_mb=self.guard.min_free_mb)
+        self.stats.set_runtime(**self.state)
+
+    # -- the worker's hooks ---------------------------------------------------------------
+
+    def _may_run(self) -> bool:
+        windows = self.settings.schedule.processing_windows
+        now_open = is_open(windows)
+        if now_open != self.state["processing_open"]:
+            opening = next_opening(windows)
+            log.info("processing_window", open=now_open, windows=windows,
+                     next_opening=opening.isoformat() if opening else None,
+                     detail=None if now_open else "the model waits; intake continues")
+            self._publish(processing_open=now_open, next_opening=opening.isoformat() if opening else None)
+        return now_open
+
+    def _tick(self) -> None:
+        self.notify.watchdog()
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+
+    def _batch_done(self, report: BatchReport) -> None:
+        log_batch(report)
+        if self.meter is not None:
+            self.meter.add(report)
+        self.notify.status(f"{self.queue.queued_count()} queued; last batch {report.task}: {report.done} done, "
+                           f"{report.failed} failed, {report.output_tok_per_s:.1f} tok/s")
+
+    # -- SIGHUP --------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Take on the config file's live keys; name the ones that wait for a restart."""
+        old = self.settings
+        try:
+            new = load_config(old.source) if old.source else None
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc), detail="the running configuration stays in force")
+            return
+        if new is None:
+            log.warning("reload_ignored", detail="settings did not come from a file")
+            return
+        changes = changed_keys(old, new)
+        restart = [k for k in changes if needs_restart(k)]
+        live = {k: {"old": a, "new": b} for k, (a, b) in changes.items() if k not in restart}
+        self._apply(live_settings(old, new))
+        log.info("config_reloaded", source=str(old.source), changed=live or None,
+                 restart_needed=restart or None,
+                 detail="restart the service for the keys in restart_needed" if restart else None)
+
+    def _apply(self, s: Settings) -> None:
+        old, self.settings = self.settings, s
+        configure_logging(s.log.level, s.log.format)
+        for part in (self.worker, self.intake):
+            if part is not None:
+                part.settings = s
+        q = self.queue
+        q.max_attempts, q.backoff_seconds = s.queue.max_attempts, s.queue.backoff_seconds
+        q.backoff_max_seconds, q.lease_seconds = s.queue.backoff_max_seconds, s.queue.lease_seconds
+        self.files.write_results = s.spool.write_result_files
+        if self.watcher is not None:
+            self.watcher.tracker.quiet = s.watch.stability_seconds
+        self.guard.min_free_mb = s.spool.min_free_mb
+        self.guard.check()
+        self._publish()
+        if self.scheduler is not None:
+            before = intervals(old)
+            for job_id, seconds in intervals(s).items():
+                if before[job_id] != seconds:
+                    self.scheduler.reschedule_job(job_id, trigger="interval", seconds=seconds)
+        self.wake.set()
 
     def _shutdown(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.meter is not None:
+            try:
+                self.meter.flush()  # the last partial period, so the table adds up to the jobs done
+            except Exception:
+                log.exception("throughput_flush_error")
         if self.engine is not None:
             self.engine.close()

@@ -19,13 +19,16 @@ CHUNK = 500  # files per transaction: one fsync per chunk, not per file
 
 class Intake:
     def __init__(self, settings: Settings, queue: Queue, layout: SpoolLayout, settler: Settler, model: str,
-                 on_queued: Optional[Callable[[], None]] = None) -> None:
+                 on_queued: Optional[Callable[[], None]] = None, paused: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.queue = queue
         self.layout = layout
         self.settler = settler
         self.model = model
         self.on_queued = on_queued or (lambda: None)
+        # While this says so (low disk), files are left in the inbox untouched; a rescan
+        # brings them in when it clears.
+        self.paused = paused
         # rel -> fingerprint of files already recorded and still in the inbox: a rescan then
         # costs one stat per file, not a re-hash.
         self.known: dict[str, tuple] = {}
@@ -58,6 +61,8 @@ class Intake:
 
     def take(self, paths: Iterable[Path]) -> list[tuple[NewFile, Enqueued]]:
         """Record every path that is a new, complete input; settle duplicates and refusals at once."""
+        if self.paused():
+            return []
         items = [item for item in map(self._describe, paths) if item is not None]
         results: list[tuple[NewFile, Enqueued]] = []
         for start in range(0, len(items), CHUNK):

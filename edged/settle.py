@@ -22,7 +22,11 @@ class Settler:
         self.queue = queue
         self.files = files
 
-    def done(self, records: Sequence[FileRecord], task: str, output: str) -> None:
+    def done(self, records: Sequence[FileRecord], task: str, output: str, spawned_from: Optional[str] = None) -> None:
+        """Write result files and move inputs to done/. A spawned job has no input file of its own:
+        its result file is named after its parent's input (`spawned_from`)."""
+        if not records and spawned_from:
+            self.files.write_result(spawned_from, task, output)
         settled = []
         for rec in records:
             self.files.write_result(rec.path, task, output)

@@ -9,12 +9,13 @@ from typing import Callable, Optional, Sequence, Union
 
 from edged import tasks
 from edged.config import Settings
-from edged.engine.api import Engine, Generation, Request, RequestError
+from edged.engine.api import Engine, Generation, Request, RequestError, model_info
 from edged.logs import get_logger
 from edged.settle import Settler
 from edged.spool import InputRefused, SpoolLayout
 from edged.store import FAILED, FileRecord, Job, Queue, ResultData
-from edged.tasks import InputError
+from edged.tasks import InputError, Prepared
+from edged.throughput import BatchReport
 from edged.timeutil import parse_iso, utcnow
 
 log = get_logger("edged.worker")
@@ -24,55 +25,55 @@ log = get_logger("edged.worker")
 class _Item:
     job: Job
     files: list[FileRecord]
-    request: Request
+    prepared: Prepared
     prepare_ms: float
-
-
-@dataclass
-class BatchReport:
-    task: str
-    claimed: int
-    done: int
-    failed: int
-    retried: int
-    engine_ms: float
-    prompt_tokens: int
-    output_tokens: int
 
 
 class Worker:
     def __init__(self, settings: Settings, queue: Queue, layout: SpoolLayout, settler: Settler, engine: Engine,
-                 on_batch: Optional[Callable[[BatchReport], None]] = None) -> None:
-        self.settings = settings
+                 on_batch: Optional[Callable[[BatchReport], None]] = None,
+                 may_run: Optional[Callable[[], bool]] = None) -> None:
+        self.settings = settings  # replaced on a reload: read it afresh for every job
         self.queue = queue
         self.layout = layout
         self.settler = settler
         self.engine = engine
+        self.model = model_info(engine)
         self.on_batch = on_batch or (lambda report: None)
+        self.may_run = may_run or (lambda: True)
+        self.tick: Callable[[], None] = lambda: None
         self._claimed: list[int] = []
 
     def run(self, stop: threading.Event, wake: threading.Event, idle_seconds: float = 1.0,
             tick: Optional[Callable[[], None]] = None) -> None:
-        """Process batches until `stop` is set; sleep on `wake` while the queue is empty.
+        """Process batches until `stop` is set; sleep on `wake` while there is nothing to do.
 
-        `tick` runs once per loop turn, between batches: the systemd watchdog is fed from
-        here, so an engine call that hangs stops the pings and systemd restarts the service.
+        `tick` runs once per loop turn and between the engine calls of a batch: the systemd
+        watchdog is fed from here, so an engine call that hangs stops the pings and systemd
+        restarts the service.
         """
+        self.tick = tick or (lambda: None)
         try:
             while not stop.is_set():
-                if tick is not None:
-                    tick()
+                self.tick()
+                if not self.may_run():
+                    wake.wait(idle_seconds)
+                    wake.clear()
+                    continue
                 if self.run_batch() == 0:
                     ready_in = self.queue.next_ready_in()
                     wake.wait(idle_seconds if ready_in is None else min(idle_seconds, max(ready_in, 0.01)))
                     wake.clear()
         except BaseException:
-            # Stopped mid-batch (a second signal): hand the batch back without counting the
-            # attempt, so nothing waits for a lease to expire.
+            # Stopped mid-batch (drain timeout or a second signal): hand the batch back without
+            # counting the attempt, so nothing waits for a lease to expire.
             released = self.queue.release(self._claimed)
             if released:
-                log.warning("released_jobs", jobs=released, detail="stopped mid-batch; they run again next start")
+                log.warning("released_jobs", jobs=released, job_ids=self._claimed,
+                            detail="stopped mid-batch; they run again at the next start")
             raise
+        finally:
+            self._claimed = []
 
     def run_batch(self) -> int:
         jobs = self.queue.claim(self.settings.model.batch_size)
@@ -80,54 +81,70 @@ class Worker:
         if not jobs:
             return 0
         task = tasks.get(jobs[0].task)
-        report = BatchReport(task.name, len(jobs), 0, 0, 0, 0.0, 0, 0)
+        report = BatchReport(task.name, len(jobs), provider=self.engine.provider)
         files = self.queue.files_of([j.id for j in jobs])
         items = [item for job in jobs if (item := self._prepare(task, job, files[job.id], report))]
-        if not items:
-            self.on_batch(report)
-            return len(jobs)
-        t0 = time.perf_counter()
-        generations = self._generate([it.request for it in items])
-        report.engine_ms = (time.perf_counter() - t0) * 1000
+        requests = [r for it in items for r in it.prepared.requests]
+        report.requests = len(requests)
+        generations = self._generate(requests, report) if requests else []
         finished: list[tuple[_Item, ResultData]] = []
-        for item, gen in zip(items, generations):
-            if isinstance(gen, Exception):
-                permanent = isinstance(gen, RequestError)
-                self._fail(item.job, item.files, f"engine error: {type(gen).__name__}: {gen}", permanent, report)
+        at = 0
+        for item in items:
+            n = len(item.prepared.requests)
+            gens, at = generations[at:at + n], at + n
+            errors = [g for g in gens if isinstance(g, Exception)]
+            if errors:
+                permanent = any(isinstance(g, RequestError) for g in errors)
+                self._fail(item.job, item.files, f"engine error: {type(errors[0]).__name__}: {errors[0]}",
+                           permanent, report)
                 continue
             try:
-                output = task.finish(gen)
+                output = item.prepared.assemble(gens)  # type: ignore[arg-type]
             except InputError as exc:
                 self._fail(item.job, item.files, str(exc), True, report)
                 continue
-            report.prompt_tokens += gen.prompt_tokens
-            report.output_tokens += gen.output_tokens
-            finished.append((item, ResultData(output, gen.prompt_tokens, gen.output_tokens, round(report.engine_ms))))
+            prompt_tokens = sum(g.prompt_tokens for g in gens)  # type: ignore[union-attr]
+            output_tokens = sum(g.output_tokens for g in gens)  # type: ignore[union-attr]
+            report.prompt_tokens += prompt_tokens
+            report.output_tokens += output_tokens
+            spawn = item.prepared.follow_up
+            finished.append((item, ResultData(output, prompt_tokens, output_tokens, round(report.engine_ms),
+                                              spawn=(spawn["task"], spawn["params"]) if spawn else None)))
         committed = self.queue.complete([(it.job, res) for it, res in finished])
         for (item, res), ok in zip(finished, committed):
             if not ok:
                 log.warning("lease_lost", job_id=item.job.id, task=task.name,
                             detail="the job was handed to another worker; its result was not stored")
                 continue
-            self.settler.done(item.files, task.name, res.output)
+            self.settler.done(item.files, task.name, res.output,
+                              spawned_from=item.job.source_path if item.job.parent_id else None)
             report.done += 1
+            wait = _wait_ms(item.job)
+            report.waits_ms.append(wait)
             log.info("job_done", task=task.name, job_id=item.job.id, file=item.job.source_path, status="done",
-                     attempt=item.job.attempts, wait_ms=_wait_ms(item.job), prepare_ms=round(item.prepare_ms, 1),
-                     engine_ms=round(report.engine_ms, 1), batch=len(items), prompt_tokens=res.prompt_tokens,
-                     output_tokens=res.output_tokens, notes=item.request.options.get("notes") or None)
+                     attempt=item.job.attempts, parent_id=item.job.parent_id, wait_ms=wait,
+                     prepare_ms=round(item.prepare_ms, 1), engine_ms=round(report.engine_ms, 1), batch=len(items),
+                     prompts=len(item.prepared.requests), prompt_tokens=res.prompt_tokens,
+                     output_tokens=res.output_tokens, spawned=res.spawn[0] if res.spawn else None,
+                     **item.prepared.notes)
         self.on_batch(report)
         return len(jobs)
 
+    def _input(self, job: Job, files: list[FileRecord], limit: int) -> bytes:
+        if job.parent_id is not None:
+            text = self.queue.result_output(job.parent_id)
+            if text is None:
+                raise InputError(f"the result of job {job.parent_id}, this job's input, is gone")
+            return text.encode("utf-8")
+        if not files:
+            raise InputError("the input file is no longer in the inbox (removed or replaced before it ran)")
+        return self.layout.read_input(files[0].path, limit=limit)
+
     def _prepare(self, task: tasks.Task, job: Job, files: list[FileRecord], report: BatchReport) -> Optional[_Item]:
         t0 = time.perf_counter()
-        if not files:
-            self._fail(job, files, "the input file is no longer in the inbox (removed or replaced before it ran)",
-                       True, report)
-            return None
         limit = int(getattr(self.settings.tasks, task.name).max_input_mb * 1024 * 1024)
         try:
-            data = self.layout.read_input(files[0].path, limit=limit)
-            request = task.prepare(job.params, data, self.settings)
+            prepared = task.prepare(job.params, self._input(job, files, limit), self.settings, self.model)
         except (InputError, InputRefused) as exc:
             self._fail(job, files, str(exc), True, report)
             return None
@@ -138,27 +155,50 @@ class Worker:
             log.exception("prepare_error", job_id=job.id, task=task.name)
             self._fail(job, files, f"{type(exc).__name__}: {exc}", False, report)
             return None
-        return _Item(job, files, request, (time.perf_counter() - t0) * 1000)
+        return _Item(job, files, prepared, (time.perf_counter() - t0) * 1000)
 
-    def _generate(self, requests: Sequence[Request]) -> list[Union[Generation, Exception]]:
-        """Run the batch; if it fails as a whole, run each request alone so one bad job fails alone."""
+    def _generate(self, requests: Sequence[Request], report: BatchReport) -> list[Union[Generation, Exception]]:
+        """All prompts of the batch, `batch_size` at a time (a long text is many prompts)."""
+        size = self.settings.model.batch_size
+        out: list[Union[Generation, Exception]] = []
+        for start in range(0, len(requests), size):
+            if start:
+                self.tick()
+            out.extend(self._engine_call(requests[start:start + size], report))
+        return out
+
+    def _engine_call(self, requests: Sequence[Request], report: BatchReport) -> list[Union[Generation, Exception]]:
+        """One engine call; if it fails as a whole, each request alone, so one bad job fails alone."""
+        t0 = time.perf_counter()
         try:
             gens = self.engine.generate(requests)
             if len(gens) != len(requests):
                 raise RuntimeError(f"engine returned {len(gens)} results for {len(requests)} requests")
+            self._timed(report, t0)
             return list(gens)
         except Exception as exc:
+            self._timed(report, t0, ok=False)
             if len(requests) == 1:
                 return [exc]
             log.warning("batch_error", error=f"{type(exc).__name__}: {exc}", batch=len(requests),
                         detail="running the batch's jobs one at a time")
         out: list[Union[Generation, Exception]] = []
         for req in requests:
+            t0 = time.perf_counter()
             try:
                 out.append(self.engine.generate([req])[0])
+                self._timed(report, t0)
             except Exception as exc:
                 out.append(exc)
+                self._timed(report, t0, ok=False)
         return out
+
+    def _timed(self, report: BatchReport, t0: float, ok: bool = True) -> None:
+        report.engine_ms += (time.perf_counter() - t0) * 1000
+        timing = getattr(self.engine, "last_timing", None)
+        if ok and timing is not None:
+            report.prefill_ms += timing.prefill_ms
+            report.decode_ms += timing.decode_ms
 
     def _fail(self, job: Job, files: list[FileRecord], error: str, permanent: bool, report: BatchReport) -> None:
         status = self.queue.fail(job, error, permanent)

@@ -21,7 +21,8 @@ TINY = f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}"
 def test_daemon_runs_the_onnx_engine(daemon_factory) -> None:
     model = built_model(TINY, weights="fp32")
     d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(model), "provider": "cpu",
-                                             "batch_size": 4, "max_new_tokens": 12})
+                                             "batch_size": 4, "max_new_tokens": 12},
+                                      tasks={"translate": {"max_new_tokens": 12}})
     inbox = d.spool / "inbox"
     for i in range(5):
         p = inbox / "translate" / "de" / f"t{i}.txt"

@@ -8,10 +8,18 @@ import pytest
 from PIL import Image
 
 from conftest import png_bytes
-from edged.engine.api import Generation
+from edged.engine.api import Generation, ModelInfo
 from edged.tasks import InputError, caption, ocr, translate
 from edged.tasks.images import decode_image
 from edged.tasks.text import decode_text
+
+
+def _words(text: str) -> int:
+    return len(text.split()) + 1
+
+
+CHAT = ModelInfo("test-it", 4096, True, _words)
+BASE = ModelInfo("test-base", 4096, False, _words)
 
 
 def test_translate_language_from_folder_or_config(make_settings) -> None:
@@ -23,17 +31,49 @@ def test_translate_language_from_folder_or_config(make_settings) -> None:
 
 def test_translate_prompt_and_unknown_language(make_settings) -> None:
     s = make_settings()
-    req = translate.prepare({"target_language": "de"}, "Hallo {text} <end_of_turn>".encode(), s)
+    prepared = translate.prepare({"target_language": "de"}, "Hallo {text} <end_of_turn>".encode(), s, CHAT)
+    [req] = prepared.requests
     assert req.text.startswith("Translate the following text to German.")
     assert req.text.endswith("Hallo {text} <end_of_turn>")  # user text is never formatted
+    assert prepared.notes["encoding"] == "utf-8" and prepared.notes["chunks"] == 1
     with pytest.raises(InputError, match=r"unknown target language 'klingon'; accepted: .*zh-Hant"):
-        translate.prepare({"target_language": "klingon"}, b"x", s)
+        translate.prepare({"target_language": "klingon"}, b"x", s, CHAT)
+
+
+def test_base_models_get_a_completion_prompt_that_stops_at_the_next_pair(make_settings) -> None:
+    s = make_settings(tasks={"translate": {"source_language": "en"}})
+    [req] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, BASE).requests
+    assert req.text == "English text:\nGood morning.\n\nFrench translation:\n"
+    assert "\n\nEnglish text:" in req.options["stop"]
+    [chat] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, CHAT).requests
+    assert chat.text.startswith("Translate the following English text to French.") and not chat.options
+
+
+def test_translation_output_checks(make_settings) -> None:
+    text = ("One. " * 30 + "\n\n") * 3
+    s2 = make_settings(tasks={"translate": {"chunk_tokens": 40}})
+    prepared = translate.prepare({"target_language": "de"}, text.encode(), s2, CHAT)
+    n = len(prepared.requests)
+    assert n >= 3
+    good = [Generation(f"Eins {i}.", 5, 3) for i in range(n)]
+    assert prepared.assemble(good).startswith("Eins 0.")
+    looping = good[:-1] + [Generation("ja ja ja", 5, 64, finish_reason="repetition")]
+    with pytest.raises(InputError, match=rf"repetition loop.*chunk {n} of {n}"):
+        prepared.assemble(looping)
+    with pytest.raises(InputError, match=r"no output \(chunk 1 of"):
+        prepared.assemble([Generation("  ", 5, 0)] + good[1:])
+
+
+def test_a_context_too_small_for_the_prompt_is_a_clear_error(make_settings) -> None:
+    s = make_settings(tasks={"translate": {"max_new_tokens": 100}})
+    with pytest.raises(InputError, match="leaves no room"):
+        translate.prepare({"target_language": "de"}, b"Hello.", s, ModelInfo("tiny", 64, True, _words))
 
 
 def test_custom_template_with_unknown_field_is_a_clear_error(make_settings) -> None:
     s = make_settings(tasks={"translate": {"prompt": "To {lang}: {text}"}})
     with pytest.raises(InputError, match="unknown field 'lang'"):
-        translate.prepare({"target_language": "de"}, b"x", s)
+        translate.prepare({"target_language": "de"}, b"x", s, CHAT)
 
 
 @pytest.mark.parametrize("data, text, encoding", [
@@ -55,10 +95,14 @@ def test_binary_and_empty_text_refused() -> None:
 
 def test_image_tasks_decode_and_prompt(make_settings) -> None:
     s = make_settings()
-    req = caption.prepare({}, png_bytes((30, 20)), s)
+    [req] = caption.prepare({}, png_bytes((30, 20)), s, CHAT).requests
     assert req.images[0].size == (30, 20) and req.images[0].mode == "RGB"
     assert "one sentence" in req.text and req.max_new_tokens == s.model.max_new_tokens
-    assert "verbatim" in ocr.prepare({}, png_bytes(), s).text
+    assert "verbatim" in ocr.prepare({}, png_bytes(), s, CHAT).requests[0].text
+    assert ocr.prepare({}, png_bytes(), s, CHAT).follow_up is None
+    chained = make_settings(tasks={"ocr": {"translate_to": "pt_br"}})
+    assert ocr.prepare({}, png_bytes(), chained, CHAT).follow_up == {
+        "task": "translate", "params": {"target_language": "pt-BR"}}
 
 
 def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -98,8 +142,8 @@ def test_postprocessing() -> None:
     g = Generation("  A red   square.\n ", 1, 1)
     assert caption.finish(g) == "A red square."
     assert ocr.finish(Generation("  line  one \n\nline\ttwo  ", 1, 1)) == "line one\n\nline two"
-    with pytest.raises(InputError, match="no output"):
-        translate.finish(Generation("   ", 1, 0))
+    with pytest.raises(InputError, match="repetition"):
+        ocr.finish(Generation("ab ab ab", 1, 1, finish_reason="repetition"))
 
 
 def _rgb_at(img: Image.Image, xy: tuple[int, int]) -> tuple[int, int, int]:

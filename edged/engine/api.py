@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,30 @@ class Generation:
     prompt_tokens: int
     output_tokens: int
     finish_reason: str = "stop"  # stop | length | repetition
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a task needs to know to shape its prompts: never files, never sessions."""
+
+    name: str
+    context_length: int
+    instruction_tuned: bool  # chat prompts; False: a base model, completion-style prompts
+    count_tokens: Callable[[str], int]  # tokens of a piece of user text, with the model's tokenizer
+
+
+def rough_token_count(text: str) -> int:
+    """A conservative stand-in for engines without a tokenizer: ~3 UTF-8 bytes per token."""
+    return len(text.encode("utf-8")) // 3 + 1
+
+
+def model_info(engine: Any) -> ModelInfo:
+    """The engine's ModelInfo, or cautious defaults for a plug-in engine that has none."""
+    info = getattr(engine, "info", None)
+    if callable(info):
+        return info()
+    return ModelInfo(name=getattr(engine, "name", "unknown"), context_length=8192, instruction_tuned=True,
+                     count_tokens=rough_token_count)
 
 
 class EngineError(Exception):
@@ -46,3 +70,4 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +32,8 @@ class GenParams:
     seed: Optional[int] = None
     repetition_guard: bool = True
     stop_on_eos: bool = True  # False only for benchmarks that need a fixed length
+    # Called with the tokens so far after each new token; True ends the row (stop strings).
+    stop_check: Optional[Callable[[list[int]], bool]] = None
 
 
 @dataclass
@@ -181,6 +183,9 @@ class Generator:
                 total = out.prompt_tokens + len(out.tokens)
                 if len(out.tokens) >= p.max_new_tokens or total >= ctx:
                     out.finish_reason = "length"
+                    continue
+                if p.stop_check is not None and p.stop_check(out.tokens):
+                    out.finish_reason = "stop"
                     continue
                 if p.repetition_guard and len(out.tokens) % 8 == 0 and repeating(out.tokens):
                     out.finish_reason = "repetition"

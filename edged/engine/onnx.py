@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from edged.config import ModelSettings
-from edged.engine.api import Generation, ModelUnavailable, Request, RequestError
+from edged.engine.api import Generation, ModelInfo, ModelUnavailable, Request, RequestError
 from edged.engine.generate import BatchTiming, Generator, GenParams
 from edged.engine.images import batch_pixels, pan_and_scan
 from edged.engine.session import SessionSettings, choose_provider, open_session
@@ -50,6 +50,27 @@ class OnnxEngine:
         log.info("model_loaded", model=m.name, weights=m.weights, provider=got, reason=why,
                  load_s=round(self.load_s, 2), context=m.text.context_length, chat=m.instruction_tuned)
 
+    def info(self) -> ModelInfo:
+        return ModelInfo(name=self.name, context_length=self.manifest.text.context_length,
+                         instruction_tuned=self.manifest.instruction_tuned,
+                         count_tokens=lambda text: len(self.tokenizer.encode(text)))
+
+    def _stop_check(self, stops: Sequence[str]) -> Optional[Callable[[list[int]], bool]]:
+        """A check for stop strings on the decoded tail (a string may span several tokens)."""
+        if not stops:
+            return None
+        window = max(len(s) for s in stops) + 8  # tokens: at least one character each
+
+        def check(tokens: list[int]) -> bool:
+            tail = self.tokenizer.decode(tokens[-window:])
+            return any(s in tail for s in stops)
+        return check
+
+    def _text(self, tokens: Sequence[int], stops: Sequence[str]) -> str:
+        text = self.tokenizer.decode(tokens)
+        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        return text[:cut] if cut >= 0 else text
+
     def views(self, req: Request) -> list[list[Image.Image]]:
         """Per image: the whole picture, then its pan-and-scan crops when the request asks for them."""
         if req.images and self.vision is None:
@@ -88,10 +109,11 @@ class OnnxEngine:
             top_k=r.options.get("top_k", self.defaults.top_k),
             top_p=r.options.get("top_p", self.defaults.top_p),
             seed=r.options.get("seed", self.defaults.seed),
+            stop_check=self._stop_check(r.options.get("stop") or ()),
         ) for r in requests]
         outs, self.last_timing = self.generator.run(prompts, params, features)
-        return [Generation(self.tokenizer.decode(o.tokens), o.prompt_tokens, len(o.tokens), o.finish_reason)
-                for o in outs]
+        return [Generation(self._text(o.tokens, r.options.get("stop") or ()), o.prompt_tokens, len(o.tokens),
+                           o.finish_reason) for o, r in zip(outs, requests)]
 
     def close(self) -> None:
         self.embed = self.decoder = self.vision = None  # type: ignore[assignment]

@@ -125,6 +125,21 @@ class SpoolFiles:
                         removed += 1
         return removed
 
+    def discard(self, moved_to: str) -> bool:
+        """Delete a settled input from done/ or failed/ (retention); False if already gone."""
+        area = moved_to.split("/", 1)[0]
+        if area not in ("done", "failed"):
+            raise ValueError(f"refusing to delete {moved_to!r}: retention only clears done/ and failed/")
+        path = self.layout.root / moved_to
+        removed = False
+        for victim in (path, path.with_name(path.name + ".error.json")):
+            try:
+                os.unlink(victim)
+                removed = removed or victim == path
+            except FileNotFoundError:
+                pass
+        return removed
+
     def restore(self, moved_to: str, rel: str) -> str:
         """Bring a failed input back to the inbox for another try; returns its new inbox rel."""
         src = self.layout.root / moved_to

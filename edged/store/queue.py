@@ -8,6 +8,7 @@ so running a job again never stores a second result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -70,6 +71,7 @@ class Job:
     sha256: Optional[str]
     attempts: int
     created_at: str
+    parent_id: Optional[int] = None  # set for a job spawned by another job's result
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class ResultData:
     prompt_tokens: Optional[int] = None
     output_tokens: Optional[int] = None
     duration_ms: Optional[int] = None
+    # (task, params) of a job to spawn with this result as its input, in the same transaction.
+    spawn: Optional[tuple[str, dict]] = None
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,12 @@ class FileRecord:
     inode: Optional[int] = None
 
 
-_JOB_COLUMNS = "id, task, params, model, source_path, sha256, attempts, created_at"
+_JOB_COLUMNS = "id, task, params, model, source_path, sha256, attempts, created_at, parent_id"
 
 
 def _job(row) -> Job:  # noqa: ANN001 - a SQLAlchemy Row
     return Job(row.id, row.task, json.loads(row.params), row.model, row.source_path, row.sha256,
-               row.attempts, row.created_at)
+               row.attempts, row.created_at, row.parent_id)
 
 
 class Queue:
@@ -157,7 +161,7 @@ class Queue:
             job_id = conn.exec_driver_sql(
                 "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
                 " created_at, next_run_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)"
-                " ON CONFLICT (task, sha256, params, model) DO NOTHING RETURNING id",
+                " ON CONFLICT (task, sha256, params, model) WHERE parent_id IS NULL DO NOTHING RETURNING id",
                 (item.task, params, model, item.path, item.sha256, item.size_bytes, now, now),
             ).scalar()
             outcome = "new"
@@ -173,7 +177,8 @@ class Queue:
 
     def _join_existing(self, conn: Connection, item: NewFile, params: str, model: str, now: str) -> tuple[int, str]:
         row = conn.exec_driver_sql(
-            "SELECT id, status FROM jobs WHERE task = ? AND sha256 = ? AND params = ? AND model = ?",
+            "SELECT id, status FROM jobs WHERE task = ? AND sha256 = ? AND params = ? AND model = ?"
+            " AND parent_id IS NULL",
             (item.task, item.sha256, params, model),
         ).one()
         if row.status == DONE:
@@ -233,8 +238,22 @@ class Queue:
                         (job.id, job.task, result.output, job.model, result.prompt_tokens, result.output_tokens,
                          result.duration_ms, now),
                     )
+                    if result.spawn:
+                        self._spawn(conn, job, result, now)
                 out.append(bool(updated))
         return out
+
+    @staticmethod
+    def _spawn(conn: Connection, parent: Job, result: ResultData, now: str) -> None:
+        task, params = result.spawn  # type: ignore[misc]
+        sha = hashlib.sha256(result.output.encode("utf-8")).hexdigest()
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts, created_at,"
+            " next_run_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)"
+            " ON CONFLICT (parent_id, task) WHERE parent_id IS NOT NULL DO NOTHING",
+            (task, canonical_params(params), parent.model, parent.source_path, sha,
+             len(result.output.encode("utf-8")), now, now, parent.id),
+        )
 
     def fail(self, job: Job, error: str, permanent: bool = False) -> Optional[str]:
         """Record a failed attempt: back to the queue with backoff, or `failed` for good.

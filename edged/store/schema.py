@@ -8,7 +8,7 @@ schema for queries; a test checks that they match what the migrations build.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Engine, ForeignKey, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, MetaData, Table, Text
 
 from edged.timeutil import now_iso
 
@@ -34,6 +34,7 @@ jobs = Table(
     Column("lease_owner", Text),
     Column("lease_pid", Integer),
     Column("lease_expires_at", Text),
+    Column("parent_id", Integer, ForeignKey("jobs.id")),
 )
 
 results = Table(
@@ -65,6 +66,35 @@ files = Table(
     Column("received_at", Text, nullable=False),
     Column("settled_at", Text),
     Column("moved_to", Text),
+)
+
+throughput = Table(
+    "throughput",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("period_start", Text, nullable=False),
+    Column("period_end", Text, nullable=False),
+    Column("jobs_done", Integer, nullable=False),
+    Column("jobs_failed", Integer, nullable=False),
+    Column("jobs_retried", Integer, nullable=False),
+    Column("batches", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("engine_ms", Integer, nullable=False),
+    Column("avg_wait_ms", Integer),
+    Column("output_tok_per_s", Float),
+    Column("queued", Integer, nullable=False),
+    Column("queued_by_task", Text, nullable=False),
+    Column("model", Text),
+    Column("provider", Text),
+)
+
+runtime = Table(
+    "runtime",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text),
+    Column("updated_at", Text, nullable=False),
 )
 
 MIGRATIONS: list[list[str]] = [
@@ -131,6 +161,46 @@ MIGRATIONS: list[list[str]] = [
         # A path in the inbox belongs to at most one unsettled file record.
         "CREATE UNIQUE INDEX files_pending_path ON files (path) WHERE state = 'pending'",
         "CREATE INDEX files_job ON files (job_id, state)",
+    ],
+    # v2: per-period throughput for SQL, and what the running daemon reports about itself.
+    [
+        """
+        CREATE TABLE throughput (
+            id INTEGER PRIMARY KEY,
+            period_start TEXT NOT NULL,
+            period_end TEXT NOT NULL,
+            jobs_done INTEGER NOT NULL,
+            jobs_failed INTEGER NOT NULL,
+            jobs_retried INTEGER NOT NULL,
+            batches INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            engine_ms INTEGER NOT NULL,
+            avg_wait_ms INTEGER,
+            output_tok_per_s REAL,
+            queued INTEGER NOT NULL,
+            queued_by_task TEXT NOT NULL DEFAULT '{}',
+            model TEXT,
+            provider TEXT
+        )
+        """,
+        "CREATE INDEX throughput_end ON throughput (period_end)",
+        """
+        CREATE TABLE runtime (
+            key TEXT PRIMARY KEY,
+            value TEXT,
+            updated_at TEXT NOT NULL
+        )
+        """,
+    ],
+    # v3: jobs spawned by other jobs (OCR -> translate). A child's input is its parent's
+    # result; children are not deduplicated by content (each source image keeps its own
+    # translation), and a parent spawns at most one child per task.
+    [
+        "ALTER TABLE jobs ADD COLUMN parent_id INTEGER REFERENCES jobs (id) ON DELETE CASCADE",
+        "DROP INDEX jobs_identity",
+        "CREATE UNIQUE INDEX jobs_identity ON jobs (task, sha256, params, model) WHERE parent_id IS NULL",
+        "CREATE UNIQUE INDEX jobs_parent ON jobs (parent_id, task) WHERE parent_id IS NOT NULL",
     ],
 ]
 

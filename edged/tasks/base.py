@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from edged.config import Settings, TaskSettings
-from edged.engine.api import Generation, Request
+from edged.engine.api import Generation, ModelInfo, Request
 
 
 class InputError(Exception):
     """The input itself is unusable (or produced unusable output): fail the job, don't retry."""
+
+
+@dataclass
+class Prepared:
+    """A job made ready for the model: one or more prompts, and how their outputs become one result.
+
+    A long text is several prompts (chunks); they run in the same engine batches as other
+    jobs' prompts, and `assemble` puts the outputs back together in order.
+    """
+
+    requests: list[Request]
+    assemble: Callable[[list[Generation]], str]
+    notes: dict[str, Any] = field(default_factory=dict)  # facts for the job's log line (encoding, chunks…)
+    follow_up: Optional[dict[str, Any]] = None  # a job this one spawns when done: {"task", "params"}
 
 
 class Task(Protocol):
@@ -20,12 +35,8 @@ class Task(Protocol):
         """Job parameters implied by where the file was dropped (e.g. a language folder)."""
         ...
 
-    def prepare(self, params: dict[str, Any], data: bytes, settings: Settings) -> Request:
+    def prepare(self, params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
         """Validate and decode the input; raise InputError for a bad one."""
-        ...
-
-    def finish(self, generation: Generation) -> str:
-        """Post-process the model's output into what is stored."""
         ...
 
 
@@ -45,10 +56,17 @@ def check_size(data: bytes, cfg: TaskSettings) -> None:
 
 
 def require_text(generation: Generation) -> str:
+    """The output, stripped; an empty output or a repetition loop fails the job instead of being stored."""
+    if generation.finish_reason == "repetition":
+        raise InputError("the model's output fell into a repetition loop; nothing was stored")
     text = generation.text.strip()
     if not text:
         raise InputError("the model produced no output")
     return text
+
+
+def single(request: Request, finish: Callable[[Generation], str], **notes: Any) -> Prepared:
+    return Prepared([request], lambda gens: finish(gens[0]), notes={k: v for k, v in notes.items() if v})
 
 
 _SPACES = re.compile(r"[ \t\f\v]+")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from edged.config import Settings
-from edged.engine.api import Generation, Request
-from edged.tasks.base import require_text
+from edged.engine.api import Generation, ModelInfo
+from edged.tasks.base import Prepared, require_text, single
 from edged.tasks.images import image_request
 
 name = "caption"
@@ -17,8 +17,9 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
     return {}
 
 
-def prepare(params: dict[str, Any], data: bytes, settings: Settings) -> Request:
-    return image_request(data, settings.tasks.caption, DEFAULT_PROMPT, settings)
+def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
+    request = image_request(data, settings.tasks.caption, DEFAULT_PROMPT, settings)
+    return single(request, finish, notes=request.options.get("notes"))
 
 
 def finish(generation: Generation) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from edged.config import Settings
-from edged.engine.api import Generation, Request
-from edged.tasks.base import require_text, tidy_lines
+from edged.engine.api import Generation, ModelInfo
+from edged.tasks.base import Prepared, require_text, single, tidy_lines
 from edged.tasks.images import image_request
 
 name = "ocr"
@@ -20,8 +20,14 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
     return {}
 
 
-def prepare(params: dict[str, Any], data: bytes, settings: Settings) -> Request:
-    return image_request(data, settings.tasks.ocr, DEFAULT_PROMPT, settings)
+def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
+    cfg = settings.tasks.ocr
+    request = image_request(data, cfg, DEFAULT_PROMPT, settings)
+    prepared = single(request, finish, notes=request.options.get("notes"))
+    if cfg.translate_to:
+        # The recognised text becomes a translate job of its own (linked by parent_id).
+        prepared.follow_up = {"task": "translate", "params": {"target_language": cfg.translate_to}}
+    return prepared
 
 
 def finish(generation: Generation) -> str:

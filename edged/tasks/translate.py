@@ -1,17 +1,29 @@
-"""Translation: a text file into the language named by its folder or the config."""
+"""Translation: a text file, of any length, into the language named by its folder or the config.
+
+A long text is split into chunks that fit the model's token budget (paragraphs first, then
+sentences); the chunks go through the model as prompts of one job, in the same batches, and
+the outputs are put back in order with the original paragraph breaks and line endings.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from edged.config import Settings
-from edged.engine.api import Generation, Request
-from edged.tasks.base import InputError, check_size, render, require_text
+from edged.config import Settings, TranslateSettings
+from edged.engine.api import Generation, ModelInfo, Request
+from edged.tasks.base import InputError, Prepared, check_size, render, require_text
+from edged.tasks.chunking import reassemble, split_text
 from edged.tasks.languages import LANGUAGES, accepted, normalise
 from edged.tasks.text import decode_text
 
 name = "translate"
-DEFAULT_PROMPT = "Translate the following text to {language}. Output only the translation.\n\n{text}"
+# Instruction-tuned models get this inside the chat frame.
+DEFAULT_PROMPT = "Translate the following {source}text to {language}. Output only the translation.\n\n{text}"
+# Base models (the default 270M) continue a document instead of following instructions: show
+# them the start of a bilingual text and let them write the other half.
+DEFAULT_COMPLETION_PROMPT = "{source_label}:\n{text}\n\n{language} translation:\n"
+PROMPT_SLACK = 8  # tokens: the chat frame and joins the tokenizer may add around the text
+MIN_BUDGET = 16
 
 
 def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
@@ -20,7 +32,45 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
     return {"target_language": normalise(lang) or lang}
 
 
-def prepare(params: dict[str, Any], data: bytes, settings: Settings) -> Request:
+def _fields(cfg: TranslateSettings, tag: str) -> dict[str, str]:
+    source = LANGUAGES[cfg.source_language] if cfg.source_language else None
+    return {"language": LANGUAGES[tag], "source": f"{source} " if source else "",
+            "source_label": f"{source} text" if source else "Original text"}
+
+
+def _template(cfg: TranslateSettings, model: ModelInfo) -> str:
+    if model.instruction_tuned:
+        return cfg.prompt or DEFAULT_PROMPT
+    return cfg.completion_prompt or DEFAULT_COMPLETION_PROMPT
+
+
+def _budget(cfg: TranslateSettings, model: ModelInfo, overhead: int) -> tuple[int, int]:
+    """(chunk budget, max new tokens per chunk), both within the model's context.
+
+    Without a configured cap, a chunk may produce twice its own length: translations into
+    many scripts take more tokens than English.
+    """
+    room = model.context_length - overhead
+    if cfg.max_new_tokens:
+        budget = min(cfg.chunk_tokens, room - cfg.max_new_tokens)
+        max_new = cfg.max_new_tokens
+    else:
+        budget = min(cfg.chunk_tokens, (room - 32) // 3)
+        max_new = 2 * budget + 32
+    if budget < MIN_BUDGET:
+        raise InputError(f"the model's context ({model.context_length} tokens) leaves no room for text after "
+                         f"the prompt ({overhead} tokens) and max_new_tokens; shorten the prompt or the limit")
+    return budget, max_new
+
+
+def _stops(template: str, fields: dict[str, str], model: ModelInfo) -> list[str]:
+    """Where a base model's continuation ends: when it starts the next bilingual pair."""
+    if model.instruction_tuned:
+        return []
+    return ["\n\n" + line for line in (f"{fields['source_label']}:", f"{fields['language']} translation:")]
+
+
+def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
     cfg = settings.tasks.translate
     tag = normalise(str(params.get("target_language", "")))
     if tag is None:
@@ -29,12 +79,26 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings) -> Request:
     text, encoding = decode_text(data)
     if not text.strip():
         raise InputError("the file holds no text (only whitespace)")
-    return Request(
-        text=render(cfg.prompt or DEFAULT_PROMPT, language=LANGUAGES[tag], text=text),
-        max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,
-        options={"encoding": encoding},
-    )
+    fields = _fields(cfg, tag)
+    template = _template(cfg, model)
+    overhead = model.count_tokens(render(template, **fields, text="")) + PROMPT_SLACK
+    budget, max_new = _budget(cfg, model, overhead)
+    split = split_text(text, budget, model.count_tokens)
+    stop = _stops(template, fields, model)
+    requests = [Request(text=render(template, **fields, text=chunk.body), max_new_tokens=max_new,
+                        options={"stop": stop} if stop else {}) for chunk in split.chunks]
+    hard = sum(c.hard_split for c in split.chunks)
 
+    def assemble(generations: list[Generation]) -> str:
+        outputs = []
+        for i, gen in enumerate(generations):
+            try:
+                outputs.append(require_text(gen))
+            except InputError as exc:
+                where = f" (chunk {i + 1} of {len(generations)})" if len(generations) > 1 else ""
+                raise InputError(f"{exc}{where}") from None
+        return reassemble(split, outputs)
 
-def finish(generation: Generation) -> str:
-    return require_text(generation)
+    notes = {"encoding": encoding, "chunks": len(split.chunks), "chunk_budget": budget,
+             "target_language": tag, "hard_splits": hard or None}
+    return Prepared(requests, assemble, notes={k: v for k, v in notes.items() if v is not None})

@@ -2,7 +2,9 @@
 
 Loaded by the daemon through `model.engine: "echo_engine:create"` with tests/doubles on
 PYTHONPATH. Options (model.options): name, delay_s (per batch), fail_on (raise when a
-prompt contains this text), batch_fail (raise for any batch larger than 1).
+prompt contains this text), batch_fail (raise for any batch larger than 1), mode ("digest":
+a hash of the prompt; "echo": the prompt itself), context_length, instruction_tuned, and
+empty_on / loop_on (a prompt containing this text gets an empty / looping output).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import time
 from typing import Any, Sequence
 
-from edged.engine.api import EngineError, Generation, Request
+from edged.engine.api import EngineError, Generation, ModelInfo, Request
 
 
 class EchoEngine:
@@ -22,7 +24,18 @@ class EchoEngine:
         self.delay_s = float(options.get("delay_s", 0.0))
         self.fail_on = options.get("fail_on")
         self.batch_fail = bool(options.get("batch_fail", False))
+        self.mode = str(options.get("mode", "digest"))
+        self.context_length = int(options.get("context_length", 4096))
+        self.instruction_tuned = bool(options.get("instruction_tuned", True))
+        self.empty_on = options.get("empty_on")
+        self.loop_on = options.get("loop_on")
         self.calls: list[int] = []
+
+    def info(self) -> ModelInfo:
+        # One token per whitespace-separated word, plus one: cheap, deterministic, and
+        # non-additive over concatenation like a real tokenizer.
+        return ModelInfo(self.name, self.context_length, self.instruction_tuned,
+                         lambda text: len(text.split()) + 1)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         self.calls.append(len(requests))
@@ -37,7 +50,15 @@ class EchoEngine:
             digest = hashlib.sha256(req.text.encode()).hexdigest()[:12]
             sizes = ",".join(f"{im.size[0]}x{im.size[1]}" for im in req.images)
             text = f"echo {digest} images=[{sizes}]" if req.images else f"echo {digest}"
-            out.append(Generation(text=text, prompt_tokens=len(req.text.split()), output_tokens=3))
+            if self.mode == "echo":
+                text = req.text
+            reason = "stop"
+            if self.empty_on and self.empty_on in req.text:
+                text = " \n"
+            if self.loop_on and self.loop_on in req.text:
+                text, reason = "la " * 64, "repetition"
+            out.append(Generation(text=text, prompt_tokens=len(req.text.split()),
+                                  output_tokens=max(1, len(text.split())), finish_reason=reason))
         return out
 
     def close(self) -> None:

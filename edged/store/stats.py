@@ -1,0 +1,132 @@
+"""Throughput rows, the daemon's runtime facts, and database upkeep (checkpoint, retention).
+
+Kept apart from queue.py: none of this changes a job's state, and `edged status` reads it
+from another process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import Engine
+
+from edged.timeutil import iso, now_iso
+
+
+@dataclass(frozen=True)
+class Period:
+    """One summary period of the worker: what it finished and how fast."""
+
+    start: datetime
+    end: datetime
+    jobs_done: int
+    jobs_failed: int
+    jobs_retried: int
+    batches: int
+    prompt_tokens: int
+    output_tokens: int
+    engine_ms: float
+    avg_wait_ms: Optional[float]
+    queued_by_task: dict[str, int]
+    model: Optional[str]
+    provider: Optional[str]
+
+    @property
+    def output_tok_per_s(self) -> Optional[float]:
+        """Output tokens per second of model time (the engine's speed, not the queue's)."""
+        return round(self.output_tokens / (self.engine_ms / 1000), 2) if self.engine_ms else None
+
+
+class Stats:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _read(self):  # noqa: ANN202 - a read-only connection context
+        return self.engine.connect().execution_options(readonly=True)
+
+    def queued_by_task(self) -> dict[str, int]:
+        with self._read() as conn, conn.begin():
+            rows = conn.exec_driver_sql("SELECT task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY task").all()
+        return {task: n for task, n in rows}
+
+    def record(self, p: Period) -> None:
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO throughput (period_start, period_end, jobs_done, jobs_failed, jobs_retried, batches,"
+                " prompt_tokens, output_tokens, engine_ms, avg_wait_ms, output_tok_per_s, queued, queued_by_task,"
+                " model, provider) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (iso(p.start), iso(p.end), p.jobs_done, p.jobs_failed, p.jobs_retried, p.batches, p.prompt_tokens,
+                 p.output_tokens, round(p.engine_ms), None if p.avg_wait_ms is None else round(p.avg_wait_ms),
+                 p.output_tok_per_s, sum(p.queued_by_task.values()), json.dumps(p.queued_by_task, sort_keys=True),
+                 p.model, p.provider),
+            )
+
+    def set_runtime(self, **values: Any) -> None:
+        """Facts only the daemon knows (model, provider, paused intake) for `edged status`."""
+        now = now_iso()
+        with self.engine.begin() as conn:
+            for key, value in values.items():
+                conn.exec_driver_sql(
+                    "INSERT INTO runtime (key, value, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (key, json.dumps(value), now),
+                )
+
+    def runtime(self) -> dict[str, Any]:
+        with self._read() as conn, conn.begin():
+            rows = conn.exec_driver_sql("SELECT key, value FROM runtime").all()
+        return {key: json.loads(value) for key, value in rows}
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Fold the WAL back into the database and let SQLite refresh its planner statistics.
+
+        TRUNCATE also shrinks the -wal file, which otherwise stays at its high-water mark on a
+        small SD card. Returns (wal pages, pages checkpointed); a busy reader makes it partial,
+        which is harmless: the next run finishes it.
+        """
+        raw = self.engine.raw_connection()
+        try:
+            busy, log_pages, done = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            raw.execute("PRAGMA optimize")
+        finally:
+            raw.close()
+        return log_pages, done
+
+    def expired(self, before: datetime, include_failed: bool) -> list[tuple[int, list[str]]]:
+        """Finished jobs older than `before`, with where their files went (done/ or failed/)."""
+        states = "('done', 'failed')" if include_failed else "('done')"
+        with self._read() as conn, conn.begin():
+            rows = conn.exec_driver_sql(
+                f"SELECT j.id, f.moved_to FROM jobs j LEFT JOIN files f ON f.job_id = j.id"
+                f" WHERE j.status IN {states} AND j.finished_at < ?"
+                # A parent goes only with its children (ON DELETE CASCADE): not while one still waits.
+                " AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id AND c.status IN ('queued', 'running'))"
+                " ORDER BY j.id",
+                (iso(before),),
+            ).all()
+        out: dict[int, list[str]] = {}
+        for job_id, moved_to in rows:
+            out.setdefault(job_id, [])
+            if moved_to:
+                out[job_id].append(moved_to)
+        return list(out.items())
+
+    def delete_jobs(self, job_ids: list[int]) -> int:
+        """Delete jobs with their results and file rows (ON DELETE CASCADE)."""
+        deleted = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(job_ids), 500):
+                part = job_ids[start:start + 500]
+                marks = ",".join("?" * len(part))
+                # Only finished jobs: a job re-queued since it was listed is kept.
+                deleted += conn.exec_driver_sql(
+                    f"DELETE FROM jobs WHERE id IN ({marks}) AND status IN ('done', 'failed')", tuple(part)
+                ).rowcount
+        return deleted
+
+    def prune_throughput(self, before: datetime) -> int:
+        with self.engine.begin() as conn:
+            return conn.exec_driver_sql("DELETE FROM throughput WHERE period_end < ?", (iso(before),)).rowcount
