@@ -101,6 +101,15 @@ class RetentionSettings(_Section):
 class MetricsSettings(_Section):
     listen: Optional[str] = None  # "127.0.0.1:9464" serves Prometheus metrics; None: off
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            from edged.metrics import parse_listen
+
+            parse_listen(value)
+        return value
+
 
 class TaskSettings(_Section):
     prompt: Optional[str] = None  # None: the task's built-in template

@@ -62,6 +62,7 @@ class DaemonProcess:
 
     def __init__(self, root: Path, config: dict) -> None:
         self.root = root
+        self.config = config
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = root / "daemon.log"
@@ -113,6 +114,18 @@ class DaemonProcess:
 
     def stop(self) -> int:
         return self.kill(signal.SIGTERM)
+
+    def reconfigure(self, **extra: Any) -> None:
+        """Rewrite the config file with `extra` merged in and send SIGHUP; wait for the reload."""
+        self.config = deep_merge(self.config, extra)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        before = sum(1 for e in self.events() if e.get("event") == "config_reloaded")
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        self.wait_for_event("config_reloaded", count=before + 1)
+
+    def last_event(self, name: str) -> dict:
+        return [e for e in self.events() if e.get("event") == name][-1]
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         con = sqlite3.connect(self.db_path, timeout=30)

@@ -132,3 +132,64 @@ def test_interrupted_batch_is_released_not_counted(rig) -> None:
     with pytest.raises(KeyboardInterrupt):
         r.worker.run(threading.Event(), threading.Event())
     assert r.status("translate/a.txt") == ("queued", 0, None)
+
+
+def _long_text(paragraphs: int = 500) -> str:
+    words = ["Grüße", "naïve", "東京", "façade", "Ωmega", "plain", "words", "here", "😀", "end"]
+    out = []
+    for i in range(paragraphs):
+        sentences = [" ".join(words[(i + k + j) % len(words)] for j in range(6 + (i + k) % 9)) + "."
+                     for k in range(5 + i % 7)]
+        out.append(f"{i}: " + " ".join(sentences))
+    return "\r\n\r\n".join(out) + "\r\n"
+
+
+def test_a_long_text_is_chunked_within_budget_and_reassembled_byte_for_byte(rig) -> None:
+    r = rig({"mode": "echo", "context_length": 600},
+            tasks={"translate": {"prompt": "{text}", "chunk_tokens": 150}}, model={"batch_size": 8})
+    text = _long_text()
+    data = text.encode("utf-8")
+    assert len(data) > 200_000
+    r.drop("translate/fr/long.txt", data)
+    r.drain()
+    assert r.status("translate/fr/long.txt")[0] == "done"
+    out = (r.spool / "out" / "translate" / "fr" / "long.txt.translate.txt").read_bytes()
+    assert out == data  # the echo engine returns each chunk: reassembly is exact, CRLF and all
+    count = r.engine.info().count_tokens
+    assert len(r.engine.prompts) > 100 and all(count(p) <= 150 for p in r.engine.prompts)
+    assert max(r.engine.calls) == 8  # chunks of one job share engine batches
+    (report,) = r.reports
+    assert report.requests == len(r.engine.prompts) and report.done == 1
+
+
+def test_looping_or_empty_output_fails_the_job_instead_of_storing_it(rig) -> None:
+    r = rig({"loop_on": "LOOP", "empty_on": "EMPTY"})
+    r.drop("translate/a.txt", b"LOOP me")
+    r.drop("translate/b.txt", b"EMPTY me")
+    r.drop("translate/c.txt", b"fine")
+    r.drain()
+    assert r.status("translate/a.txt")[::2] == ("failed", "the model's output fell into a repetition loop; nothing was stored")
+    assert r.status("translate/b.txt")[::2] == ("failed", "the model produced no output")
+    assert r.status("translate/c.txt")[0] == "done"
+
+
+def test_ocr_result_spawns_a_linked_translate_job(rig) -> None:
+    r = rig({"mode": "echo"}, tasks={"ocr": {"translate_to": "fr", "prompt": "TEXT OF IMAGE"},
+                                     "translate": {"prompt": "to {language}: {text}"}})
+    r.drop("ocr/scan.png", png_bytes())
+    r.drain()
+    with r.parts.queue.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT j.id, j.task, j.status, j.parent_id, j.params, j.source_path, r.output FROM jobs j"
+            " JOIN results r ON r.job_id = j.id ORDER BY j.id").all()
+    (ocr_id, _, ocr_status, no_parent, _, _, ocr_out), (_, task, status, parent, params, source, out) = rows
+    assert (ocr_status, no_parent, ocr_out) == ("done", None, "TEXT OF IMAGE")
+    assert (task, status, parent, json.loads(params), source) == ("translate", "done", ocr_id,
+                                                                  {"target_language": "fr"}, "ocr/scan.png")
+    assert out == "to French: TEXT OF IMAGE"
+    assert (r.spool / "out" / "ocr" / "scan.png.translate.txt").read_text() == out
+    # The same picture again is a duplicate of the OCR job: no second translation.
+    r.drop("ocr/again.png", png_bytes())
+    r.drain()
+    with r.parts.queue.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM jobs WHERE task = 'translate'").scalar() == 1

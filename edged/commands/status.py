@@ -7,9 +7,12 @@ from typing import Any
 
 from edged.commands import open_parts
 from edged.config import Settings
+from edged.daemon import lock_path
 from edged.engine.loader import model_name
 from edged.exitcodes import ExitCode
-from edged.store.queries import queue_summary
+from edged.lock import StateLock
+from edged.store.queries import queue_summary, throughput_since
+from edged.store.stats import Stats
 
 
 def _age(seconds: float | None) -> str:
@@ -25,6 +28,15 @@ def collect(settings: Settings) -> dict[str, Any]:
     parts = open_parts(settings)
     info = queue_summary(parts.queue.engine)
     info["model"] = model_name(settings.model, settings.model_dir)
+    daemon = Stats(parts.queue.engine).runtime()
+    holder = StateLock(lock_path(settings)).holder()
+    daemon["running"] = holder is not None
+    if holder is None:
+        # What a stopped daemon last wrote is history, not state.
+        for key in ("intake_paused", "processing_open", "next_opening"):
+            daemon.pop(key, None)
+    info["daemon"] = daemon
+    info["throughput_last_hour"] = throughput_since(parts.queue.engine, hours=1)
     info["spool_dir"] = str(settings.spool_dir)
     try:
         info["spool_free_mb"] = shutil.disk_usage(settings.spool_dir).free // (1024 * 1024)
@@ -52,6 +64,20 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     print(f"last hour           {hour['done']} done, {hour['failed']} failed, {hour['jobs_per_min']} jobs/min, "
           f"{hour['output_tokens']} output tokens"
           + (f", {hour['output_tok_per_s']} tok/s of model time" if hour["output_tok_per_s"] else ""))
-    print(f"model               {info['model']}")
+    d = info["daemon"]
+    t = info["throughput_last_hour"]
+    if t["periods"]:
+        print(f"measured, last hour {t['jobs_done']} done, {t['jobs_failed']} failed, "
+              f"{t['output_tokens']} output tokens, {t['output_tok_per_s'] or '-'} tok/s in the engine, "
+              f"engine busy {t['engine_busy_pct']}%")
+    running = f"running (pid {d.get('pid')}, since {d.get('started_at')})" if d["running"] else "not running"
+    print(f"daemon              {running}")
+    provider = f" on {d['provider']}" if d.get("provider") else ""
+    print(f"model               {d.get('model') or info['model']}{provider}")
+    if d.get("intake_paused"):
+        print(f"intake              PAUSED: low disk space ({d.get('spool_free_mb')} MB free, "
+              f"below spool.min_free_mb {d.get('min_free_mb')})")
+    if d.get("processing_open") is False:
+        print(f"processing          waiting: outside the processing windows (next opening {d.get('next_opening')})")
     print(f"spool               {info['spool_dir']} ({info['spool_free_mb']} MB free)")
     return ExitCode.OK

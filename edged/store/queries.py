@@ -55,6 +55,24 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
     }
 
 
+def throughput_since(engine: Engine, hours: float, now: Optional[datetime] = None) -> dict[str, Any]:
+    """Totals of the daemon's own throughput rows over the last `hours`."""
+    now = now or utcnow()
+    with _read(engine) as conn, conn.begin():
+        row = conn.exec_driver_sql(
+            "SELECT COUNT(*), COALESCE(SUM(jobs_done), 0), COALESCE(SUM(jobs_failed), 0),"
+            " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(engine_ms), 0), MIN(period_start), MAX(period_end)"
+            " FROM throughput WHERE period_end >= ?", (iso(now - timedelta(hours=hours)),)
+        ).one()
+    periods, done, failed, tokens, busy_ms, start, end = row
+    span = (parse_iso(end) - parse_iso(start)).total_seconds() if start and end else 0
+    return {
+        "periods": periods, "jobs_done": done, "jobs_failed": failed, "output_tokens": tokens,
+        "output_tok_per_s": round(tokens / (busy_ms / 1000), 2) if busy_ms else None,
+        "engine_busy_pct": round(100 * busy_ms / 1000 / span, 1) if span else None,
+    }
+
+
 def list_results(
     engine: Engine,
     *,

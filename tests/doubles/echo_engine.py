@@ -30,6 +30,7 @@ class EchoEngine:
         self.empty_on = options.get("empty_on")
         self.loop_on = options.get("loop_on")
         self.calls: list[int] = []
+        self.prompts: list[str] = []
 
     def info(self) -> ModelInfo:
         # One token per whitespace-separated word, plus one: cheap, deterministic, and
@@ -39,6 +40,7 @@ class EchoEngine:
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         self.calls.append(len(requests))
+        self.prompts.extend(r.text for r in requests)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.batch_fail and len(requests) > 1:

@@ -1,0 +1,96 @@
+"""Scheduled upkeep and its helpers: processing windows, reload rules, retention, the disk guard."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edged.commands import open_parts
+from edged.reload import changed_keys, live_settings, needs_restart
+from edged.spool.space import SpaceGuard
+from edged.store import NewFile, ResultData
+from edged.store.stats import Stats
+from edged.timeutil import iso, utcnow
+from edged.upkeep import checkpoint, retention
+from edged.windows import is_open, next_opening, parse_window
+
+
+def _at(hh: int, mm: int = 0) -> datetime:
+    return datetime(2026, 11, 28, hh, mm).astimezone()
+
+
+def test_processing_windows() -> None:
+    assert is_open([], _at(3))
+    night = ["22:00-06:00"]
+    assert is_open(night, _at(23)) and is_open(night, _at(5, 59)) and not is_open(night, _at(6))
+    assert not is_open(night, _at(12)) and next_opening(night, _at(12)) == _at(22)
+    assert is_open(["09:00-10:00", "13:00-24:00"], _at(23, 30)) and next_opening(night, _at(23)) is None
+    for bad in ("22-06", "25:00-01:00", "10:00-10:00", "10:61-11:00"):
+        with pytest.raises(ValueError):
+            parse_window(bad)
+
+
+def test_reload_keeps_restart_only_keys_and_reports_the_rest(make_settings) -> None:
+    old = make_settings()
+    new = make_settings(model={"threads": 3, "batch_size": 2}, tasks={"translate": {"prompt": "x {text}"}})
+    changes = changed_keys(old, new)
+    assert set(changes) == {"model.threads", "model.batch_size", "tasks.translate.prompt"}
+    assert needs_restart("model.threads") and not needs_restart("model.batch_size")
+    live = live_settings(old, new)
+    assert (live.model.threads, live.model.batch_size, live.tasks.translate.prompt) == (0, 2, "x {text}")
+
+
+def test_config_rejects_bad_windows_languages_and_listen(make_settings) -> None:
+    from edged.config import ConfigError
+
+    with pytest.raises(ConfigError, match="processing_windows"):
+        make_settings(schedule={"processing_windows": ["late"]})
+    with pytest.raises(ConfigError, match="unknown language 'xx'"):
+        make_settings(tasks={"ocr": {"translate_to": "xx"}})
+    with pytest.raises(ConfigError, match="metrics.listen"):
+        make_settings(metrics={"listen": "localhost"})
+
+
+def test_retention_deletes_old_done_inputs_and_rows_only(make_settings, monkeypatch) -> None:
+    s = make_settings(retention={"days": 7})
+    parts = open_parts(s)
+    parts.layout.ensure()
+    q, stats = parts.queue, Stats(parts.queue.engine)
+    for name in ("old.txt", "new.txt", "bad.txt"):
+        (parts.layout.inbox / "translate" / name).write_text(name)
+    enq = q.enqueue([NewFile("translate", f"translate/{n}", n) for n in ("old.txt", "new.txt", "bad.txt")], "m")
+    jobs = {j.source_path: j for j in q.claim(10)}
+    q.complete([(jobs["translate/old.txt"], ResultData("o")), (jobs["translate/new.txt"], ResultData("n"))])
+    q.fail(jobs["translate/bad.txt"], "broken", permanent=True)
+    for e in enq:
+        parts.settler.job(e.job_id, "translate")
+    with q.engine.begin() as conn:  # the old job finished ten days ago
+        conn.exec_driver_sql("UPDATE jobs SET finished_at = ? WHERE source_path = 'translate/old.txt'",
+                             (iso(utcnow() - timedelta(days=10)),))
+        conn.exec_driver_sql("UPDATE jobs SET finished_at = ? WHERE source_path = 'translate/bad.txt'",
+                             (iso(utcnow() - timedelta(days=10)),))
+    assert retention(stats, parts.files, s.retention) == (1, 1)
+    done = parts.layout.root / "done" / "translate"
+    assert sorted(p.name for p in done.iterdir()) == ["new.txt"]
+    assert (parts.layout.root / "failed" / "translate" / "bad.txt").exists()  # failed kept unless asked
+    with q.engine.connect() as conn:
+        assert sorted(r[0] for r in conn.exec_driver_sql("SELECT source_path FROM jobs")) == [
+            "translate/bad.txt", "translate/new.txt"]
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM results").scalar() == 1
+    s.retention.include_failed = True
+    assert retention(stats, parts.files, s.retention) == (1, 1)
+    assert not list((parts.layout.root / "failed" / "translate").iterdir())  # with its .error.json
+    checkpoint(stats)  # runs on a live database without error
+
+
+def test_space_guard_pauses_once_and_resumes(tmp_path: Path) -> None:
+    free = [100]
+    resumed = []
+    guard = SpaceGuard(tmp_path, 50, on_resume=lambda: resumed.append(1), measure=lambda _p: free[0])
+    assert guard.check() and not guard.paused
+    free[0] = 10
+    assert not guard.check() and guard.paused and not guard.check()
+    free[0] = 60
+    assert guard.check() and resumed == [1]
