@@ -81,7 +81,7 @@ def cmd_model(args: argparse.Namespace) -> ExitCode:
 
     if args.model_verb == "export":
         return model.export(args.source, Path(args.out), args.weights, args.block_size, args.name, args.chat,
-                            args.context_length, not args.no_verify, args.lm_head_bits)
+                            args.context_length, not args.no_verify, args.lm_head_bits, args.lm_head_kernel)
     if args.model_verb == "build-default":
         out = Path(args.out) if args.out else _settings(args).model_dir
         return model.build_default(out, args.force)
@@ -104,6 +104,8 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     e.add_argument("--weights", choices=["int4", "int8", "fp16", "fp32"], default="int4")
     e.add_argument("--block-size", type=int, default=32, help="quantization block (int4/int8), default 32")
     e.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="bits of the output layer (default: --weights)")
+    e.add_argument("--lm-head-kernel", choices=["nbits", "qgemm"], default="nbits",
+                   help="output layer as MatMulNBits (default), or int8 MatMulInteger: faster batches on CPUs")
     e.add_argument("--name", help="model name recorded with jobs (default: from the source)")
     chat = e.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="instruction-tuned: chat format")

@@ -33,7 +33,8 @@ def built_model(source: str, **options) -> Path:
     key_src = json.dumps({"source": source, "content": recipe.read_text() if recipe.is_file() and recipe.suffix == ".json"
                           else str(recipe), "options": options, "code": _code_hash()}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    out = CACHE / f"{recipe.stem}-{options.get('weights', 'int4')}-{key}"
+    variant = options.get("weights", "int4") + ("qgemm" if options.get("lm_head_kernel") == "qgemm" else "")
+    out = CACHE / f"{recipe.stem}-{variant}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -44,7 +45,7 @@ def built_model(source: str, **options) -> Path:
             pass
         shutil.rmtree(out, ignore_errors=True)
         # Builds made by older export code are dead weight (the default model is ~440 MB).
-        for stale in CACHE.glob(f"{recipe.stem}-{options.get('weights', 'int4')}-*"):
+        for stale in CACHE.glob(f"{recipe.stem}-{variant}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         export_model(source, out, ExportOptions(**options))
     return out

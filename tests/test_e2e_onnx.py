@@ -118,17 +118,37 @@ def test_default_model_control_token_text_is_plain_text(default_model: Path) -> 
     assert framed.count(m.tokens.start_of_turn) == 2 and framed.count(m.tokens.end_of_turn) == 1
 
 
+FRENCH = "Café crème à la française, s'il vous plaît. Où est la gare?\n"
+GERMAN = "Grüße aus München! Das Wetter ist schön heute.\r\n"
+
+
 @pytest.mark.slow
-def test_edged_run_with_the_default_model(default_model: Path, daemon_factory) -> None:
+def test_edged_run_translates_with_the_default_model(default_model: Path, daemon_factory) -> None:
     d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(default_model), "provider": "cpu",
-                                             "batch_size": 2, "max_new_tokens": 24})
-    src = d.spool / "inbox" / "translate" / "fr" / "hello.txt"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_text("Good morning. The weather is nice today.\n")
+                                             "batch_size": 4},
+                                      tasks={"translate": {"source_language": None, "max_new_tokens": 48}})
+    inbox = d.spool / "inbox" / "translate"
+    files = {"fr/hello.txt": "Good morning. The weather is nice today.\n".encode(),
+             "en/latin1.txt": FRENCH.encode("latin-1"), "en/utf16.txt": GERMAN.encode("utf-16"),
+             "fr/binary.txt": b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256))}
+    for rel, data in files.items():
+        (inbox / rel).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / rel).write_bytes(data)
     d.start(timeout=120)
-    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM results")[0][0] == 1, timeout=300, what="a result")
+    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM jobs WHERE status IN ('done', 'failed')")[0][0] == 4,
+                 timeout=300, what="four finished jobs")
     assert d.stop() == 0
-    ((status, output, model, out_tokens),) = d.query(
-        "SELECT j.status, r.output, r.model, r.output_tokens FROM jobs j JOIN results r ON r.job_id = j.id")
-    assert status == "done" and model == "gemma-3-270m" and output.strip() and out_tokens > 0
+    rows = {r[0]: r[1:] for r in d.query(
+        "SELECT j.source_path, j.status, j.error, r.output, r.model, r.output_tokens FROM jobs j"
+        " LEFT JOIN results r ON r.job_id = j.id")}
+    for rel in ("translate/fr/hello.txt", "translate/en/latin1.txt", "translate/en/utf16.txt"):
+        status, _error, output, model, out_tokens = rows[rel]
+        assert status == "done" and model == "gemma-3-270m" and output.strip() and out_tokens > 0, rows[rel]
+    assert rows["translate/fr/binary.txt"][:2] == ("failed", "binary content (NUL bytes): not a text file")
+    decoded = {e["file"]: e for e in d.events() if e.get("event") == "job_done"}
+    assert decoded["translate/en/latin1.txt"]["encoding"] == "cp1252"
+    assert decoded["translate/en/latin1.txt"]["chars"] == len(FRENCH)
+    assert decoded["translate/en/utf16.txt"]["encoding"] == "utf-16-le"
+    assert decoded["translate/en/utf16.txt"]["chars"] == len(GERMAN) and GERMAN.endswith("\r\n")
+    assert (d.spool / "out" / "translate" / "en" / "utf16.txt.translate.txt").read_bytes().endswith(b"\r\n")
     assert (d.spool / "done" / "translate" / "fr" / "hello.txt").exists()

@@ -117,6 +117,22 @@ def test_repetition_guard() -> None:
     assert not repeating([1, 2] * 5)  # too short to call it a loop
 
 
+def test_qgemm_output_layer_is_matmulinteger_and_close_to_fp32(tiny_fp32) -> None:
+    import onnx
+
+    q = built_model(TINY, weights="int4", block_size=16, lm_head_kernel="qgemm")
+    m = Manifest.load(q)
+    assert m.quantization["lm_head_kernel"] == "qgemm"
+    ops = {n.op_type for n in onnx.load(str(q / "decoder_model_merged.onnx"), load_external_data=False).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits"} <= ops
+    assert m.parity["int4_vs_fp32"]["max_abs_logit_diff"] < 5.0
+    e = OnnxEngine(q, SessionSettings(provider="cpu"))
+    # Activations are quantized per call (one scale for the batch), so batched rows need not
+    # equal single ones bit for bit as they do in fp32; they must still generate.
+    gens = e.generate([Request("hello there", max_new_tokens=6), Request("a much longer prompt", max_new_tokens=6)])
+    assert all(g.output_tokens > 0 or g.finish_reason == "stop" for g in gens)
+
+
 def test_int4_export_runs_and_stays_close(tiny_fp32) -> None:
     q = built_model(TINY, weights="int4", block_size=16)
     m = Manifest.load(q)

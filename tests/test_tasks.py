@@ -43,8 +43,8 @@ def test_translate_prompt_and_unknown_language(make_settings) -> None:
 def test_base_models_get_a_completion_prompt_that_stops_at_the_next_pair(make_settings) -> None:
     s = make_settings(tasks={"translate": {"source_language": "en"}})
     [req] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, BASE).requests
-    assert req.text == "English text:\nGood morning.\n\nFrench translation:\n"
-    assert "\n\nEnglish text:" in req.options["stop"]
+    assert req.text == "Translation from English into French.\n\nEnglish:\nGood morning.\n\nFrench:\n"
+    assert "\n\nEnglish:" in req.options["stop"]
     [chat] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, CHAT).requests
     assert chat.text.startswith("Translate the following English text to French.") and not chat.options
 
@@ -84,6 +84,19 @@ def test_custom_template_with_unknown_field_is_a_clear_error(make_settings) -> N
 ])
 def test_decode_text(data: bytes, text: str, encoding: str) -> None:
     assert decode_text(data) == (text, encoding)
+
+
+FRENCH = "Café crème à la française, s'il vous plaît. Où est la gare? Le garçon mange un gâteau très sucré.\n"
+
+
+@pytest.mark.parametrize("text, codec, reported", [
+    (FRENCH, "latin-1", "cp1252"),  # not cp1250, which scores the same and turns "è" into "č"
+    ("Grüße aus München! Das Wetter ist schön heute. Äpfel und Öl.", "latin-1", "cp1252"),
+    ("Привет, как дела? Сегодня хорошая погода.", "cp1251", "cp1251"),
+    ("日本語のテキストです。今日は良い天気ですね。", "shift_jis", "shift_jis"),
+])
+def test_legacy_encodings_are_detected(text: str, codec: str, reported: str) -> None:
+    assert decode_text(text.encode(codec)) == (text, reported)
 
 
 def test_binary_and_empty_text_refused() -> None:

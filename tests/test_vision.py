@@ -184,3 +184,28 @@ def test_pan_and_scan_prompt_and_features(tiny_vision) -> None:
     assert "Here is the original image" in engine.tokenizer.decode(ids)
     (a,), (b,) = engine.generate([plain]), engine.generate([scanned])
     assert b.prompt_tokens > a.prompt_tokens + 3 * 16
+
+
+def test_ocr_then_translate_chain_with_the_tiny_vision_model(tiny_vision, daemon_factory) -> None:
+    d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(tiny_vision), "provider": "cpu",
+                                             "batch_size": 4, "max_new_tokens": 8},
+                                      tasks={"ocr": {"translate_to": "de", "max_pixels": 1_000_000},
+                                             "translate": {"max_new_tokens": 8}})
+    inbox = d.spool / "inbox" / "ocr"
+    inbox.mkdir(parents=True, exist_ok=True)
+    for name, color in (("one.png", "white"), ("two.png", "gray")):
+        (inbox / name).write_bytes(png_bytes((120, 90), color))
+    d.start()
+    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM jobs WHERE status IN ('done', 'failed')")[0][0] == 4,
+                 timeout=90, what="two OCR jobs and their two translate jobs")
+    assert d.stop() == 0
+    rows = d.query("SELECT c.task, c.status, c.params, p.source_path, p.task, r.output, pr.output"
+                   " FROM jobs c JOIN jobs p ON p.id = c.parent_id JOIN results pr ON pr.job_id = p.id"
+                   " LEFT JOIN results r ON r.job_id = c.id ORDER BY p.source_path")
+    assert [(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows] == [
+        ("translate", "done", {"target_language": "de"}, "ocr/one.png", "ocr"),
+        ("translate", "done", {"target_language": "de"}, "ocr/two.png", "ocr")]
+    assert all(r[5].strip() and r[6].strip() for r in rows)  # meaningless text, but text
+    spawned = [e for e in d.events() if e.get("event") == "job_done" and e.get("parent_id")]
+    assert len(spawned) == 2 and all(e["task"] == "translate" for e in spawned)
+    assert (d.spool / "out" / "ocr" / "one.png.translate.txt").read_text() == rows[0][5]

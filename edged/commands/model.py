@@ -32,12 +32,12 @@ def _need_export_extra() -> None:
 
 
 def export(source: str, out: Path, weights: str, block_size: int, name: Optional[str], chat: Optional[bool],
-           context: Optional[int], verify: bool, lm_head_bits: Optional[int]) -> ExitCode:
+           context: Optional[int], verify: bool, lm_head_bits: Optional[int], lm_head_kernel: str = "nbits") -> ExitCode:
     _need_export_extra()
     from edged.models.export import ExportError, ExportOptions, export_model
 
     opts = ExportOptions(weights=weights, block_size=block_size, name=name, chat=chat, context_length=context,
-                         verify=verify, lm_head_bits=lm_head_bits)
+                         verify=verify, lm_head_bits=lm_head_bits, lm_head_kernel=lm_head_kernel)
     try:
         manifest = export_model(source, out, opts, progress_printer())
     except ExportError as exc:

@@ -26,7 +26,7 @@ import torch
 
 from edged.models import graphs, parity
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
-from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_nbits, to_fp16
+from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_head_qgemm, quantize_nbits, to_fp16
 from edged.timeutil import now_iso
 
 Progress = Callable[[str], None]
@@ -49,6 +49,10 @@ class ExportOptions:
     quantize_embeddings: bool = True
     embed_block_size: int = 32  # the embedding Gather is quantized symmetric, in its own blocks
     lm_head_bits: Optional[int] = None  # None: same as the other MatMuls
+    # "nbits": MatMulNBits like the rest; "qgemm": int8 per-channel weights with dynamically
+    # quantized activations (MatMulInteger), ONNX Runtime's CPU GEMM kernel, which scales with
+    # the batch far better than MatMulNBits for this 262k-row layer (see quantize.py).
+    lm_head_kernel: str = "nbits"
     name: Optional[str] = None
     chat: Optional[bool] = None  # None: guessed from the source (chat template, "-it" name)
     context_length: Optional[int] = None
@@ -170,11 +174,16 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> 
                     accuracy_level=opts.accuracy_level, embeddings=bits if opts.quantize_embeddings else 32,
                     embed_block_size=opts.embed_block_size)
         head = lm_head_nodes(dec_src)
-        exclude = head if opts.lm_head_bits and opts.lm_head_bits != bits else []
+        qgemm = opts.lm_head_kernel == "qgemm"
+        exclude = head if qgemm or (opts.lm_head_bits and opts.lm_head_bits != bits) else []
         progress(f"quantizing the decoder to {opts.weights} (block {opts.block_size})")
         stage = tmp / "decoder.stage.onnx" if exclude else dec_out
         quantize_nbits(dec_src, stage, bits, opts.block_size, opts.symmetric, opts.accuracy_level, exclude=exclude)
-        if exclude:
+        if qgemm:
+            progress("quantizing the output layer to int8 (per channel, dynamic activations)")
+            quantize_head_qgemm(stage, dec_out, head)
+            info.update(lm_head_bits=8, lm_head_kernel="qgemm")
+        elif exclude:
             progress(f"quantizing the output layer to int{opts.lm_head_bits}")
             quantize_nbits(stage, dec_out, opts.lm_head_bits, opts.block_size, opts.symmetric,
                            opts.accuracy_level, exclude=[])
@@ -203,6 +212,8 @@ def export_model(source: str, out: Path, opts: Optional[ExportOptions] = None,
     progress = progress or (lambda msg: None)
     if opts.weights not in WEIGHTS:
         raise ExportError(f"--weights {opts.weights!r}: choose one of {', '.join(WEIGHTS)}")
+    if opts.lm_head_kernel not in ("nbits", "qgemm"):
+        raise ExportError(f"--lm-head-kernel {opts.lm_head_kernel!r}: choose nbits or qgemm")
     loaded = load_source(source, progress)
     try:
         return _export_loaded(loaded, out, opts, progress)

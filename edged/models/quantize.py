@@ -7,6 +7,7 @@ tensor converted, inputs and outputs kept fp32 so callers see one interface.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -48,6 +49,24 @@ def quantize_nbits(src: Path, out: Path, bits: int = 4, block_size: int = 32, sy
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: scale 0, handled by the quantizer
         q.process()
     _save(q.model.model, out)
+
+
+def quantize_head_qgemm(src: Path, out: Path, nodes: Sequence[str]) -> None:
+    """The output layer as MatMulInteger: uint8 per-channel weights, activations quantized per call.
+
+    Measured on a 2-core AVX2 box for Gemma 3's 640 x 262144 head: MatMulNBits int8 takes
+    10.2 ms for one row and 36 ms for eight; this takes 8.7 and 17.1 ms. uint8 weights (u8u8)
+    and not int8: without AVX-VNNI, MLAS's u8s8 kernel saturates in 16-bit sums (34 % error
+    in that test, against 3 % for u8u8).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "head.onnx"
+        quantize_dynamic(str(src), str(staged), per_channel=True, weight_type=QuantType.QUInt8,
+                         nodes_to_quantize=list(nodes), op_types_to_quantize=["MatMul"],
+                         use_external_data_format=True)
+        _save(onnx.load(str(staged), load_external_data=True), out)
 
 
 def to_fp16(src: Path, out: Path) -> None:

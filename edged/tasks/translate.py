@@ -20,8 +20,9 @@ name = "translate"
 # Instruction-tuned models get this inside the chat frame.
 DEFAULT_PROMPT = "Translate the following {source}text to {language}. Output only the translation.\n\n{text}"
 # Base models (the default 270M) continue a document instead of following instructions: show
-# them the start of a bilingual text and let them write the other half.
-DEFAULT_COMPLETION_PROMPT = "{source_label}:\n{text}\n\n{language} translation:\n"
+# them the start of a bilingual text and let them write the other half. This wording was the
+# best of eight tried on the 270M (English -> French, greedy); see the closing note of #5.
+DEFAULT_COMPLETION_PROMPT = "Translation {source_from}into {language}.\n\n{source_label}:\n{text}\n\n{language}:\n"
 PROMPT_SLACK = 8  # tokens: the chat frame and joins the tokenizer may add around the text
 MIN_BUDGET = 16
 
@@ -35,7 +36,7 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
 def _fields(cfg: TranslateSettings, tag: str) -> dict[str, str]:
     source = LANGUAGES[cfg.source_language] if cfg.source_language else None
     return {"language": LANGUAGES[tag], "source": f"{source} " if source else "",
-            "source_label": f"{source} text" if source else "Original text"}
+            "source_from": f"from {source} " if source else "", "source_label": source or "Original"}
 
 
 def _template(cfg: TranslateSettings, model: ModelInfo) -> str:
@@ -67,7 +68,7 @@ def _stops(template: str, fields: dict[str, str], model: ModelInfo) -> list[str]
     """Where a base model's continuation ends: when it starts the next bilingual pair."""
     if model.instruction_tuned:
         return []
-    return ["\n\n" + line for line in (f"{fields['source_label']}:", f"{fields['language']} translation:")]
+    return ["\n\n" + line for line in (f"{fields['source_label']}:", f"{fields['language']}:", "Translation ")]
 
 
 def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
@@ -85,8 +86,16 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
     budget, max_new = _budget(cfg, model, overhead)
     split = split_text(text, budget, model.count_tokens)
     stop = _stops(template, fields, model)
+
+    def options(body: str) -> dict[str, Any]:
+        if not stop:
+            return {}
+        # A chunk of one paragraph is translated as one paragraph: a base model that starts
+        # another one has moved on to inventing text.
+        return {"stop": stop + ([] if "\n\n" in body else ["\n\n"])}
+
     requests = [Request(text=render(template, **fields, text=chunk.body), max_new_tokens=max_new,
-                        options={"stop": stop} if stop else {}) for chunk in split.chunks]
+                        options=options(chunk.body)) for chunk in split.chunks]
     hard = sum(c.hard_split for c in split.chunks)
 
     def assemble(generations: list[Generation]) -> str:
@@ -99,6 +108,6 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
                 raise InputError(f"{exc}{where}") from None
         return reassemble(split, outputs)
 
-    notes = {"encoding": encoding, "chunks": len(split.chunks), "chunk_budget": budget,
+    notes = {"encoding": encoding, "chars": len(text), "chunks": len(split.chunks), "chunk_budget": budget,
              "target_language": tag, "hard_splits": hard or None}
     return Prepared(requests, assemble, notes={k: v for k, v in notes.items() if v is not None})
