@@ -156,7 +156,8 @@ def test_postprocessing() -> None:
     assert caption.finish(g) == "A red square."
     assert ocr.finish(Generation("  line  one \n\nline\ttwo  ", 1, 1)) == "line one\n\nline two"
     with pytest.raises(InputError, match="repetition"):
-        ocr.finish(Generation("ab ab ab", 1, 1, finish_reason="repetition"))
+        caption.finish(Generation("a cat a cat a cat", 1, 1, finish_reason="repetition"))
+    assert ocr.finish(Generation("1.00\n1.00\n1.00", 1, 1, finish_reason="repetition")) == "1.00\n1.00\n1.00"
 
 
 def _rgb_at(img: Image.Image, xy: tuple[int, int]) -> tuple[int, int, int]:

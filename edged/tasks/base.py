@@ -55,9 +55,13 @@ def check_size(data: bytes, cfg: TaskSettings) -> None:
         raise InputError(f"file is {len(data)} bytes, over the limit of {cfg.max_input_mb} MB")
 
 
-def require_text(generation: Generation) -> str:
-    """The output, stripped; an empty output or a repetition loop fails the job instead of being stored."""
-    if generation.finish_reason == "repetition":
+def require_text(generation: Generation, allow_loop: bool = False) -> str:
+    """The output, stripped; an empty output or a repetition loop fails the job instead of being stored.
+
+    `allow_loop`: for OCR, where a page can really repeat (rows of a form, dot leaders); the
+    guard has already stopped the generation, and the text up to there is kept.
+    """
+    if generation.finish_reason == "repetition" and not allow_loop:
         raise InputError("the model's output fell into a repetition loop; nothing was stored")
     text = generation.text.strip()
     if not text:

@@ -31,4 +31,4 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
 
 
 def finish(generation: Generation) -> str:
-    return tidy_lines(require_text(generation))
+    return tidy_lines(require_text(generation, allow_loop=True))
