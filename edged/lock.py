@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -25,12 +26,18 @@ class StateLock:
     def acquire(self) -> "StateLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            raise AlreadyLocked(f"another edged (pid {holder or '?'}) holds {self.path}") from None
+        # A few tries: `edged status` probes the lock with a brief shared hold.
+        for attempt in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 9:
+                    time.sleep(0.05)
+                    continue
+                holder = os.read(fd, 64).decode(errors="replace").strip()
+                os.close(fd)
+                raise AlreadyLocked(f"another edged (pid {holder or '?'}) holds {self.path}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
