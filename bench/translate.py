@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edged.config import ModelSettings, Settings
+from edged.config import Settings
 from edged.engine.onnx import load
 from edged.logs import configure_logging
 from edged.tasks import translate

@@ -85,6 +85,7 @@ class Daemon:
     def _on_signal(self, signum: int, _frame) -> None:  # noqa: ANN001 - signal frame
         self._signals += 1
         if self._signals > 1:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # no drain alarm in the middle of the release
             raise KeyboardInterrupt  # leases of the batch in flight are released on the way out
         grace = self.settings.queue.drain_grace_seconds
         log.info("stopping", signal=signal.Signals(signum).name, drain_grace_s=grace,
@@ -127,6 +128,9 @@ class Daemon:
             log.warning("stopped_at_once", detail="second signal; the batch in flight was handed back")
             return ExitCode.OK
         finally:
+            # Shutting down already: a further signal must not cut the flush or the lock release.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._shutdown()
             lock.release()
@@ -151,6 +155,7 @@ class Daemon:
         model = model_name(s.model, s.model_dir)
         self.guard = SpaceGuard(s.spool_dir, s.spool.min_free_mb, on_resume=self._rescan)
         self.guard.check()
+        self._publish(model=model, provider=None, next_opening=None)  # replaces what the last run left
         self.intake = Intake(s, queue, layout, settler, model, on_queued=self.wake.set,
                              paused=lambda: self.guard.paused)
         self.intake.load_known()

@@ -22,11 +22,11 @@ class Settler:
         self.queue = queue
         self.files = files
 
-    def done(self, records: Sequence[FileRecord], task: str, output: str, spawned_from: Optional[str] = None) -> None:
-        """Write result files and move inputs to done/. A spawned job has no input file of its own:
-        its result file is named after its parent's input (`spawned_from`)."""
-        if not records and spawned_from:
-            self.files.write_result(spawned_from, task, output)
+    def result_file(self, rel: str, task: str, output: str) -> None:
+        """The result file of a job without input files of its own (spawned by another job)."""
+        self.files.write_result(rel, task, output)
+
+    def done(self, records: Sequence[FileRecord], task: str, output: str) -> None:
         settled = []
         for rec in records:
             self.files.write_result(rec.path, task, output)

@@ -80,10 +80,8 @@ class Meter:
         """Close the period: log it and store it. An idle period is stored too (a flat line in
         a graph is information), unless `force` is False and nothing at all is queued or done."""
         with self._lock:
-            acc, waits = self._acc, self._waits
+            acc, waits = dict(self._acc), list(self._waits)
             start, end = self._start, self.clock()
-            self._start = end
-            self._reset()
         queued = self.stats.queued_by_task()
         period = Period(start=start, end=end, jobs_done=acc["jobs_done"], jobs_failed=acc["jobs_failed"],
                         jobs_retried=acc["jobs_retried"], batches=acc["batches"],
@@ -93,6 +91,13 @@ class Meter:
         if not force and not acc["batches"] and not queued:
             return None
         self.stats.record(period)
+        # Only now, with the row stored: a failed write (a full disk) keeps the figures for
+        # the next period instead of losing them. Batches added meanwhile stay counted.
+        with self._lock:
+            for key, value in acc.items():
+                self._acc[key] -= value
+            del self._waits[:len(waits)]
+            self._start = end
         seconds = max((end - start).total_seconds(), 1e-9)
         log.info("throughput", period_s=round(seconds, 1), jobs_done=period.jobs_done,
                  jobs_failed=period.jobs_failed, jobs_retried=period.jobs_retried, batches=period.batches,

@@ -18,6 +18,8 @@ def parse_window(text: str) -> tuple[time, time]:
     if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
         raise ValueError(f"processing window {text!r} has an impossible time")
     start = time(h1, m1)
+    if h2 == 24 and start == time(0, 0):
+        return start, time.max  # the whole day
     end = time(0, 0) if h2 == 24 else time(h2, m2)
     if start == end:
         raise ValueError(f"processing window {text!r} is empty (start equals end); leave the list empty to run always")

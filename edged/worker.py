@@ -42,7 +42,6 @@ class Worker:
         self.on_batch = on_batch or (lambda report: None)
         self.may_run = may_run or (lambda: True)
         self.tick: Callable[[], None] = lambda: None
-        self._claimed: list[int] = []
 
     def run(self, stop: threading.Event, wake: threading.Event, idle_seconds: float = 1.0,
             tick: Optional[Callable[[], None]] = None) -> None:
@@ -67,17 +66,14 @@ class Worker:
         except BaseException:
             # Stopped mid-batch (drain timeout or a second signal): hand the batch back without
             # counting the attempt, so nothing waits for a lease to expire.
-            released = self.queue.release(self._claimed)
+            released = self.queue.release()
             if released:
-                log.warning("released_jobs", jobs=released, job_ids=self._claimed,
+                log.warning("released_jobs", jobs=released,
                             detail="stopped mid-batch; they run again at the next start")
             raise
-        finally:
-            self._claimed = []
 
     def run_batch(self) -> int:
         jobs = self.queue.claim(self.settings.model.batch_size)
-        self._claimed = [j.id for j in jobs]
         if not jobs:
             return 0
         task = tasks.get(jobs[0].task)
@@ -110,14 +106,19 @@ class Worker:
             spawn = item.prepared.follow_up
             finished.append((item, ResultData(output, prompt_tokens, output_tokens, round(report.engine_ms),
                                               spawn=(spawn["task"], spawn["params"]) if spawn else None)))
+        for item, res in finished:
+            if item.job.parent_id is not None:
+                # A spawned job has no input file, so no start-up reconcile would notice a
+                # result file lost to a crash after the commit: write it first (atomically;
+                # a rerun just writes it again).
+                self.settler.result_file(item.job.source_path, task.name, res.output)
         committed = self.queue.complete([(it.job, res) for it, res in finished])
         for (item, res), ok in zip(finished, committed):
             if not ok:
                 log.warning("lease_lost", job_id=item.job.id, task=task.name,
                             detail="the job was handed to another worker; its result was not stored")
                 continue
-            self.settler.done(item.files, task.name, res.output,
-                              spawned_from=item.job.source_path if item.job.parent_id else None)
+            self.settler.done(item.files, task.name, res.output)
             report.done += 1
             wait = _wait_ms(item.job)
             report.waits_ms.append(wait)

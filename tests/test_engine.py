@@ -143,3 +143,14 @@ def test_int4_export_runs_and_stays_close(tiny_fp32) -> None:
     (g,) = e.generate([Request("hello", max_new_tokens=8)])
     assert g.output_tokens > 0 or g.finish_reason == "stop"
     assert (q / "decoder_model_merged.onnx").stat().st_size < (tiny_fp32 / "decoder_model_merged.onnx").stat().st_size / 2
+
+
+def test_stop_strings_cut_the_text_but_not_before_the_answer_begins(engine: OnnxEngine) -> None:
+    stops = ["\n\nEnglish:", "\n\n"]
+    ids = engine.tokenizer.encode("\n\nBonjour.\n\nEnglish: more")
+    assert engine.tokenizer.decode(ids) == "\n\nBonjour.\n\nEnglish: more"
+    assert engine._text(ids, stops) == "\n\nBonjour."
+    check = engine._stop_check(stops)
+    lead = engine.tokenizer.encode("\n\n")
+    assert not check(lead)  # blank lines first: the answer has not begun
+    assert check(ids)

@@ -27,6 +27,7 @@ def test_processing_windows() -> None:
     assert is_open(night, _at(23)) and is_open(night, _at(5, 59)) and not is_open(night, _at(6))
     assert not is_open(night, _at(12)) and next_opening(night, _at(12)) == _at(22)
     assert is_open(["09:00-10:00", "13:00-24:00"], _at(23, 30)) and next_opening(night, _at(23)) is None
+    assert is_open(["00:00-24:00"], _at(0)) and is_open(["00:00-24:00"], _at(23, 59))
     for bad in ("22-06", "25:00-01:00", "10:00-10:00", "10:61-11:00"):
         with pytest.raises(ValueError):
             parse_window(bad)
@@ -94,3 +95,49 @@ def test_space_guard_pauses_once_and_resumes(tmp_path: Path) -> None:
     assert not guard.check() and guard.paused and not guard.check()
     free[0] = 60
     assert guard.check() and resumed == [1]
+
+
+def test_retention_keeps_a_parent_while_its_child_is_kept(make_settings) -> None:
+    s = make_settings(retention={"days": 1})
+    parts = open_parts(s)
+    parts.layout.ensure()
+    q, stats = parts.queue, Stats(parts.queue.engine)
+    q.enqueue([NewFile("ocr", "ocr/a.png", "a")], "m")
+    (ocr,) = q.claim(1)
+    q.complete([(ocr, ResultData("text", spawn=("translate", {"target_language": "de"})))])
+    (child,) = q.claim(1)
+    q.fail(child, "loop", permanent=True)  # a failed child: kept unless include_failed
+    with q.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE jobs SET finished_at = ?", (iso(utcnow() - timedelta(days=3)),))
+    assert retention(stats, parts.files, s.retention) == (0, 0)
+    s.retention.include_failed = True
+    assert retention(stats, parts.files, s.retention)[0] >= 1  # the parent, and its child by cascade
+    with q.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM jobs").scalar() == 0
+
+
+def test_a_failed_summary_write_keeps_the_period_for_the_next_one(tmp_path: Path) -> None:
+    from edged.throughput import BatchReport, Meter
+
+    class FlakyStats:
+        def __init__(self) -> None:
+            self.rows, self.fail = [], True
+
+        def queued_by_task(self) -> dict:
+            return {}
+
+        def record(self, period) -> None:  # noqa: ANN001
+            if self.fail:
+                raise OSError("disk full")
+            self.rows.append(period)
+
+    stats = FlakyStats()
+    meter = Meter(stats)  # type: ignore[arg-type]
+    meter.add(BatchReport("translate", 2, done=2, output_tokens=10, engine_ms=100.0, waits_ms=[5.0, 7.0]))
+    with pytest.raises(OSError):
+        meter.flush()
+    stats.fail = False
+    meter.add(BatchReport("translate", 1, done=1, output_tokens=4, engine_ms=50.0, waits_ms=[3.0]))
+    period = meter.flush()
+    assert (period.jobs_done, period.output_tokens, period.avg_wait_ms) == (3, 14, 5.0)
+    assert meter.flush() is None  # nothing left over, nothing counted twice

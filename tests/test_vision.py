@@ -190,7 +190,7 @@ def test_ocr_then_translate_chain_with_the_tiny_vision_model(tiny_vision, daemon
     d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(tiny_vision), "provider": "cpu",
                                              "batch_size": 4, "max_new_tokens": 8},
                                       tasks={"ocr": {"translate_to": "de", "max_pixels": 1_000_000},
-                                             "translate": {"max_new_tokens": 8}})
+                                             "translate": {"max_new_tokens": 32}})
     inbox = d.spool / "inbox" / "ocr"
     inbox.mkdir(parents=True, exist_ok=True)
     for name, color in (("one.png", "white"), ("two.png", "gray")):

@@ -63,12 +63,15 @@ class OnnxEngine:
 
         def check(tokens: list[int]) -> bool:
             tail = self.tokenizer.decode(tokens[-window:])
+            if len(tokens) <= window:
+                tail = tail.lstrip()  # leading blank lines are not the end of an answer not yet begun
             return any(s in tail for s in stops)
         return check
 
     def _text(self, tokens: Sequence[int], stops: Sequence[str]) -> str:
         text = self.tokenizer.decode(tokens)
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        begin = len(text) - len(text.lstrip())
+        cut = min((i for i in (text.find(s, begin) for s in stops) if i >= 0), default=-1)
         return text[:cut] if cut >= 0 else text
 
     def views(self, req: Request) -> list[list[Image.Image]]:

@@ -276,18 +276,19 @@ class Queue:
             ).rowcount
         return status if updated else None
 
-    def release(self, job_ids: Sequence[int]) -> int:
-        """Give leased jobs back untouched (a drain at shutdown): the attempt does not count."""
+    def release(self, job_ids: Optional[Sequence[int]] = None) -> int:
+        """Give leased jobs back untouched (a drain at shutdown): the attempt does not count.
+
+        None: every job this worker holds, which is what a stop wants (a signal can land
+        between the claim's commit and the caller learning the ids).
+        """
+        sql = ("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL,"
+               " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
+               " WHERE status = 'running' AND lease_owner = ?")
         with self.engine.begin() as conn:
-            return sum(
-                conn.exec_driver_sql(
-                    "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL,"
-                    " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
-                    " WHERE id = ? AND status = 'running' AND lease_owner = ?",
-                    (jid, self.owner),
-                ).rowcount
-                for jid in job_ids
-            )
+            if job_ids is None:
+                return conn.exec_driver_sql(sql, (self.owner,)).rowcount
+            return sum(conn.exec_driver_sql(sql + " AND id = ?", (self.owner, jid)).rowcount for jid in job_ids)
 
     def recover(self, everything: bool = False) -> tuple[int, int]:
         """Return jobs whose worker died to the queue (or fail them after max_attempts).

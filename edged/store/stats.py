@@ -101,11 +101,13 @@ class Stats:
         with self._read() as conn, conn.begin():
             rows = conn.exec_driver_sql(
                 f"SELECT j.id, f.moved_to FROM jobs j LEFT JOIN files f ON f.job_id = j.id"
-                f" WHERE j.status IN {states} AND j.finished_at < ?"
-                # A parent goes only with its children (ON DELETE CASCADE): not while one still waits.
-                " AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id AND c.status IN ('queued', 'running'))"
+                f" WHERE j.status IN {states} AND j.finished_at < :before"
+                # A parent goes only with its children (ON DELETE CASCADE): only when every
+                # child is itself due (finished, old enough, and of a state being deleted).
+                f" AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id"
+                f"   AND (c.status NOT IN {states} OR c.finished_at >= :before))"
                 " ORDER BY j.id",
-                (iso(before),),
+                {"before": iso(before)},
             ).all()
         out: dict[int, list[str]] = {}
         for job_id, moved_to in rows:
@@ -121,9 +123,12 @@ class Stats:
             for start in range(0, len(job_ids), 500):
                 part = job_ids[start:start + 500]
                 marks = ",".join("?" * len(part))
-                # Only finished jobs: a job re-queued since it was listed is kept.
+                # Only finished jobs whose children are finished too: a job re-queued (by
+                # `edged retry`) since it was listed is kept, and so is its parent.
                 deleted += conn.exec_driver_sql(
-                    f"DELETE FROM jobs WHERE id IN ({marks}) AND status IN ('done', 'failed')", tuple(part)
+                    f"DELETE FROM jobs WHERE id IN ({marks}) AND status IN ('done', 'failed') AND NOT EXISTS"
+                    " (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.status IN ('queued', 'running'))",
+                    tuple(part),
                 ).rowcount
         return deleted
 

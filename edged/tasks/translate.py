@@ -53,7 +53,8 @@ def _budget(cfg: TranslateSettings, model: ModelInfo, overhead: int) -> tuple[in
     """
     room = model.context_length - overhead
     if cfg.max_new_tokens:
-        budget = min(cfg.chunk_tokens, room - cfg.max_new_tokens)
+        # A chunk must be able to come out whole: at most half the output cap.
+        budget = min(cfg.chunk_tokens, room - cfg.max_new_tokens, cfg.max_new_tokens // 2)
         max_new = cfg.max_new_tokens
     else:
         budget = min(cfg.chunk_tokens, (room - 32) // 3)
@@ -98,6 +99,10 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
                         options=options(chunk.body)) for chunk in split.chunks]
     hard = sum(c.hard_split for c in split.chunks)
 
+    notes = {"encoding": encoding, "chars": len(text), "chunks": len(split.chunks), "chunk_budget": budget,
+             "target_language": tag, "hard_splits": hard or None}
+    notes = {k: v for k, v in notes.items() if v is not None}
+
     def assemble(generations: list[Generation]) -> str:
         outputs = []
         for i, gen in enumerate(generations):
@@ -106,8 +111,11 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
             except InputError as exc:
                 where = f" (chunk {i + 1} of {len(generations)})" if len(generations) > 1 else ""
                 raise InputError(f"{exc}{where}") from None
+        # Said in the job's log line: a chunk that hit max_new_tokens may have lost its end (an
+        # instruction-tuned model), or rambled past it (a base model, where the cut is right).
+        at_limit = sum(g.finish_reason == "length" for g in generations)
+        if at_limit:
+            notes["chunks_at_max_new_tokens"] = at_limit
         return reassemble(split, outputs)
 
-    notes = {"encoding": encoding, "chars": len(text), "chunks": len(split.chunks), "chunk_budget": budget,
-             "target_language": tag, "hard_splits": hard or None}
-    return Prepared(requests, assemble, notes={k: v for k, v in notes.items() if v is not None})
+    return Prepared(requests, assemble, notes=notes)
