@@ -76,9 +76,9 @@ class Meter:
                 self.totals[key] += value
             self._waits.extend(report.waits_ms)
 
-    def flush(self, force: bool = False) -> Optional[Period]:
-        """Close the period: log it and store it. An idle period is stored too (a flat line in
-        a graph is information), unless `force` is False and nothing at all is queued or done."""
+    def flush(self) -> Optional[Period]:
+        """Close the period: log it and store it. A period with work queued but none done is
+        stored too (a flat line in a graph is information); one with nothing at all is not."""
         with self._lock:
             acc, waits = dict(self._acc), list(self._waits)
             start, end = self._start, self.clock()
@@ -88,7 +88,7 @@ class Meter:
                         prompt_tokens=acc["prompt_tokens"], output_tokens=acc["output_tokens"],
                         engine_ms=acc["engine_ms"], avg_wait_ms=sum(waits) / len(waits) if waits else None,
                         queued_by_task=queued, model=self.model, provider=self.provider)
-        if not force and not acc["batches"] and not queued:
+        if not acc["batches"] and not queued:
             return None
         self.stats.record(period)
         # Only now, with the row stored: a failed write (a full disk) keeps the figures for
