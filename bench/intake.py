@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from edged.commands import open_parts
+from edged.wiring import open_parts
 from edged.config import parse_config
 from edged.engine.api import Generation, Request
 from edged.logs import configure_logging

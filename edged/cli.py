@@ -45,24 +45,33 @@ def cmd_submit(args: argparse.Namespace) -> ExitCode:
 
 
 def cmd_status(args: argparse.Namespace) -> ExitCode:
+    from edged.commands import as_database_owner
     from edged.commands.status import status
 
-    return status(_settings(args), as_json=args.json)
+    settings = _settings(args)
+    with as_database_owner(settings):
+        return status(settings, as_json=args.json)
 
 
 def cmd_results(args: argparse.Namespace) -> ExitCode:
+    from edged.commands import as_database_owner
     from edged.commands.results import results
 
-    return results(_settings(args), task=args.task, since=args.since, status=args.status, fmt=args.format,
-                   limit=args.limit)
+    settings = _settings(args)
+    with as_database_owner(settings):
+        return results(settings, task=args.task, since=args.since, status=args.status, fmt=args.format,
+                       limit=args.limit)
 
 
 def cmd_retry(args: argparse.Namespace) -> ExitCode:
+    from edged.commands import as_database_owner
     from edged.commands.retry import retry
 
     if not args.job_ids and not args.failed:
         raise CliError("name job ids, or use --failed to retry every failed job", ExitCode.USAGE)
-    return retry(_settings(args), args.job_ids, all_failed=args.failed)
+    settings = _settings(args)
+    with as_database_owner(settings):
+        return retry(settings, args.job_ids, all_failed=args.failed)
 
 
 def cmd_doctor(args: argparse.Namespace) -> ExitCode:
@@ -73,7 +82,10 @@ def cmd_doctor(args: argparse.Namespace) -> ExitCode:
     except CliError as exc:
         print(f"FAIL  config      {exc}")
         return ExitCode.CHECK_FAILED
-    return doctor(settings, as_json=args.json)
+    from edged.commands import as_database_owner
+
+    with as_database_owner(settings):  # root sees what the daemon's user would
+        return doctor(settings, as_json=args.json)
 
 
 def cmd_model(args: argparse.Namespace) -> ExitCode:

@@ -75,6 +75,9 @@ class WatchSettings(_Section):
 class SpoolSettings(_Section):
     write_result_files: bool = True
     min_free_mb: int = Field(256, ge=0)  # below this, intake pauses until space comes back
+    # A file with several names may be a link to something outside the spool: refused unless
+    # the producers are known to publish by hard link.
+    allow_hard_links: bool = False
 
 
 class ScheduleSettings(_Section):
@@ -241,6 +244,23 @@ def _absolutise(settings: Settings, base: Path) -> Settings:
     return settings
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top.rstrip("/") + "/")
+
+
+def _check_places(settings: Settings, path: Path) -> None:
+    """The daemon's own files must not lie in the spool, where they would be taken as input."""
+    places = [("state_dir", settings.state_dir), ("model.path", settings.model.path)]
+    if settings.database and settings.database.startswith("sqlite:///"):
+        places.append(("database", Path(settings.database[len("sqlite:///"):].split("?", 1)[0])))
+    for key, place in places:
+        if place is not None and _inside(place, settings.spool_dir):
+            raise ConfigError(f"{path}: invalid configuration\n  {key}: {place} is inside spool_dir"
+                              f" {settings.spool_dir}; the daemon would take its own files as input. Put it"
+                              " outside the spool.")
+
+
 def parse_config(data: Any, path: Path) -> Settings:
     if data is None:
         data = {}
@@ -251,7 +271,9 @@ def parse_config(data: Any, path: Path) -> Settings:
     except ValidationError as exc:
         raise ConfigError(_format_errors(path, exc)) from None
     settings.source = path
-    return _absolutise(settings, path.parent.resolve())
+    settings = _absolutise(settings, path.parent.resolve())
+    _check_places(settings, path)
+    return settings
 
 
 def load_config(path: Path) -> Settings:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy.engine import make_url
 
 from edged import upkeep
 from edged.config import ConfigError, Settings, load_config
@@ -22,39 +20,26 @@ from edged.logs import configure_logging, get_logger
 from edged.notify import Notifier
 from edged.reload import changed_keys, live_settings, needs_restart
 from edged.settle import Settler
-from edged.spool import IgnoreRules, SpoolFiles, SpoolLayout, SpoolWatcher
+from edged.spool import SpoolFiles, SpoolWatcher
 from edged.spool.space import SpaceGuard
-from edged.store import Queue, open_queue
+from edged.store import StoreUnavailable
+from edged.store.db import sqlite_path
 from edged.store.stats import Stats
 from edged.tasks import TASK_NAMES
 from edged.throughput import BatchReport, Meter, log_batch
 from edged.timeutil import now_iso
 from edged.windows import is_open, next_opening
+from edged.wiring import build_layout, build_queue, lock_path, spool_lock_path
 from edged.worker import Worker
 
 log = get_logger("edged.daemon")
 
 DISK_CHECK_SECONDS = 5.0  # statvfs is cheap; a filling disk should pause intake within seconds
+STORE_RETRY_MAX_S = 30.0
 
 
 class DrainTimeout(BaseException):
     """The batch in flight outlived the drain grace: its jobs are handed back, not finished."""
-
-
-def lock_path(settings: Settings) -> Path:
-    """Next to the database file, so two configs sharing one database still exclude each other."""
-    db = make_url(settings.database_url).database
-    return Path(db + ".lock") if db and db != ":memory:" else settings.state_dir / "edged.lock"
-
-
-def build_queue(settings: Settings) -> Queue:
-    q = settings.queue
-    return open_queue(settings.database_url, max_attempts=q.max_attempts, backoff_seconds=q.backoff_seconds,
-                      backoff_max_seconds=q.backoff_max_seconds, lease_seconds=q.lease_seconds)
-
-
-def build_layout(settings: Settings) -> SpoolLayout:
-    return SpoolLayout(settings.spool_dir, TASK_NAMES, IgnoreRules(settings.watch.ignore))
 
 
 def intervals(s: Settings) -> dict[str, float]:
@@ -112,6 +97,13 @@ class Daemon:
         except AlreadyLocked as exc:
             log.error("already_running", error=str(exc))
             return ExitCode.ALREADY_RUNNING
+        try:
+            s.spool_dir.mkdir(parents=True, exist_ok=True)
+            spool_lock = StateLock(spool_lock_path(s)).acquire()
+        except AlreadyLocked as exc:
+            lock.release()
+            log.error("already_running", error=f"{exc}: another daemon (with another database) uses this spool")
+            return ExitCode.ALREADY_RUNNING
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGALRM, self._on_alarm)
@@ -133,32 +125,53 @@ class Daemon:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._shutdown()
+            spool_lock.release()
             lock.release()
+
+    def _until_stored(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run a start-up step, waiting (not exiting) while the database cannot take writes."""
+        delay = 1.0
+        while True:
+            try:
+                return step()
+            except StoreUnavailable as exc:
+                log.warning("store_unavailable", step=what, error=str(exc), retry_in_s=delay,
+                            detail="waiting for the database to take writes (free some disk space)")
+                self.notify.extend_timeout(600)
+                self.notify.status(f"waiting for the database: {exc}")
+                if self.stop.wait(delay):
+                    raise DrainTimeout from None
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     # -- start-up ------------------------------------------------------------------------
 
     def _run(self) -> ExitCode:
         s = self.settings
-        self.queue = queue = build_queue(s)
+        self.queue = queue = self._until_stored("open", lambda: build_queue(s))
         self.stats = Stats(queue.engine)
-        requeued, failed = queue.recover(everything=True)
+        requeued, failed = self._until_stored("recover", lambda: queue.recover(everything=True))
         if requeued or failed:
             log.warning("recovered_jobs", requeued=requeued, failed=failed,
-                        detail="jobs left running by a previous process")
+                        detail="jobs left running by a process that died: they run alone first; only a job that"
+                               " was running alone is charged the attempt")
         layout = build_layout(s)
-        layout.ensure()
+        for problem in layout.ensure():
+            log.error("spool_folder_unusable", problem=problem,
+                      detail="nothing is taken from or moved into it until it is a plain folder again")
         self.files = SpoolFiles(layout, s.spool.write_result_files)
         self.files.remove_debris()
-        settler = Settler(queue, self.files)
-        settler.reconcile()
+        self.settler = settler = Settler(queue, self.files)
+        self._until_stored("reconcile", lambda: settler.reconcile(force=True))
 
         model = model_name(s.model, s.model_dir)
-        self.guard = SpaceGuard(s.spool_dir, s.spool.min_free_mb, on_resume=self._rescan)
+        db_file = sqlite_path(s.database_url)
+        self.guard = SpaceGuard({"spool": s.spool_dir, "state": db_file.parent if db_file else s.state_dir},
+                                s.spool.min_free_mb, on_resume=self._rescan)
         self.guard.check()
         self._publish(model=model, provider=None, next_opening=None)  # replaces what the last run left
         self.intake = Intake(s, queue, layout, settler, model, on_queued=self.wake.set,
                              paused=lambda: self.guard.paused)
-        self.intake.load_known()
+        self._until_stored("load", self.intake.load_known)
         self.watcher = SpoolWatcher(layout, s.watch.stability_seconds, self.intake.take, polling=s.watch.polling,
                                     poll_interval=s.watch.poll_interval_seconds)
         self.watcher.start()
@@ -210,6 +223,8 @@ class Daemon:
         def run() -> None:
             try:
                 func()
+            except StoreUnavailable as exc:  # a full disk: the next run tries again
+                log.warning("scheduled_job_deferred", job=job_id, error=str(exc))
             except Exception:  # a scheduled job's failure is logged; the next run tries again
                 log.exception("scheduled_job_error", job=job_id)
         return run
@@ -220,6 +235,7 @@ class Daemon:
         if self.watcher is not None:
             n = self.watcher.scan()
             self.intake.forget_missing()
+            self.settler.forget_departed()
             log.debug("rescan", files=n)
 
     def _recover(self) -> None:
@@ -227,6 +243,7 @@ class Daemon:
         if back or gave_up:
             log.warning("recovered_jobs", requeued=back, failed=gave_up, detail="leases expired")
             self.wake.set()
+        self.settler.reconcile()  # files whose move failed before (a full disk, a folder fixed since)
 
     def _summary(self) -> None:
         if self.meter is not None:
@@ -238,14 +255,19 @@ class Daemon:
         upkeep.retention(self.stats, self.files, self.settings.retention)
 
     def _publish(self, **facts: Any) -> None:
-        """Record what `edged status` (another process) cannot see for itself."""
+        """Record what `edged status` (another process) cannot see for itself (best effort)."""
         self.state.update(facts, intake_paused=self.guard.paused, spool_free_mb=self.guard.free,
-                          min_free_mb=self.guard.min_free_mb)
-        self.stats.set_runtime(**self.state)
+                          min_free_mb=self.guard.min_free_mb, low_disk=dict(self.guard.low))
+        try:
+            self.stats.set_runtime(**self.state)
+        except StoreUnavailable as exc:
+            log.debug("runtime_unrecorded", error=str(exc))
 
     # -- the worker's hooks ---------------------------------------------------------------
 
     def _may_run(self) -> bool:
+        if self.guard.store_low:
+            return False  # its results could not be committed; intake is paused too
         windows = self.settings.schedule.processing_windows
         now_open = is_open(windows)
         if now_open != self.state["processing_open"]:

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     MODEL_UNAVAILABLE = 6  # the model could not be found or loaded
     INPUT = 7  # a file given on the command line cannot be used
     CHECK_FAILED = 8  # `edged doctor` found a problem
+    NO_ACCESS = 9  # the database cannot be used as this user (the message names who can)
     INTERRUPTED = 130  # stopped by SIGINT before finishing
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -33,11 +34,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     ]
     if use_json:
         processors += [
-            structlog.processors.dict_tracebacks,
+            # No frame locals: they would carry input text and file contents into the journal.
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(sort_keys=False),
         ]
     else:
-        processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty(),
+                                                     exception_formatter=structlog.dev.plain_traceback)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

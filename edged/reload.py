@@ -12,7 +12,7 @@ RESTART_ONLY = (
     "state_dir", "spool_dir", "database",
     "model.path", "model.engine", "model.provider", "model.threads", "model.graph_optimization",
     "model.temperature", "model.top_k", "model.top_p", "model.seed", "model.options",
-    "watch.polling", "watch.poll_interval_seconds", "watch.ignore",
+    "watch.polling", "watch.poll_interval_seconds", "watch.ignore", "spool.allow_hard_links",
     "log.format", "metrics.listen",
 )
 

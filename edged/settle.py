@@ -2,70 +2,154 @@
 
 This is the second half of the spool's invariant: the store commits first, then the files
 move, then the store records where they went. A crash anywhere in between leaves records in
-`pending` state for finished jobs; `reconcile()` at start-up completes their move.
+`pending` state for finished jobs; `reconcile()` completes their move at start-up and from
+upkeep. Whatever one file does here (a name too long, a folder the daemon may not write, a
+full disk) is that file's own trouble: it is logged (less often the longer it lasts),
+recorded, and tried again later; it never leaves this module as an exception.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import time
+from typing import Callable, Optional, Sequence
 
 from edged.logs import get_logger
-from edged.spool import SpoolFiles
-from edged.store import DONE, FileRecord, Queue
+from edged.pathnames import displayable
+from edged.spool import Moved, SpoolFiles
+from edged.store import DONE, FileRecord, Queue, Settled, StoreUnavailable
 from edged.timeutil import now_iso
 
 log = get_logger("edged.settle")
 
+_STATES = {"missing": "missing", "changed": "superseded"}
+RETRY_BASE_S = 30.0
+RETRY_MAX_S = 3600.0
+
 
 class Settler:
-    def __init__(self, queue: Queue, files: SpoolFiles) -> None:
+    def __init__(self, queue: Queue, files: SpoolFiles, clock: Callable[[], float] = time.monotonic) -> None:
         self.queue = queue
         self.files = files
+        self._clock = clock
+        self._trouble: dict[int, tuple[int, float]] = {}  # file id -> (failures, when to try again)
+        self._noted_folders: set[str] = set()
 
     def result_file(self, rel: str, task: str, output: str) -> None:
         """The result file of a job without input files of its own (spawned by another job)."""
-        self.files.write_result(rel, task, output)
+        try:
+            self.files.write_result(rel, task, output)
+        except Exception as exc:  # noqa: BLE001 - the result is in the database; the file is a convenience
+            log.warning("result_file_failed", file=displayable(rel), task=task, error=f"{type(exc).__name__}: {exc}")
 
-    def done(self, records: Sequence[FileRecord], task: str, output: str) -> None:
-        settled = []
-        for rec in records:
-            self.files.write_result(rec.path, task, output)
-            moved = self.files.move_out(rec.path, "done", rec.inode)
-            settled.append((rec.id, "done" if moved else "missing", moved))
-        self.queue.settle_files(settled)
+    def done(self, job_id: int, task: str, output: str) -> None:
+        """Settle every pending file of a done job (copies attached while it ran included)."""
+        self._settle(self._records(job_id), task, output=output)
 
-    def failed(self, records: Sequence[FileRecord], task: str, error: str, attempts: int) -> None:
-        settled = []
-        for rec in records:
-            info = {"job_id": rec.job_id, "task": task, "source": f"inbox/{rec.path}", "error": error,
-                    "attempts": attempts, "failed_at": now_iso()}
-            moved = self.files.fail(rec.path, info, rec.inode)
-            settled.append((rec.id, "failed" if moved else "missing", moved))
-        self.queue.settle_files(settled)
+    def failed(self, job_id: int, task: str, error: str, attempts: int) -> None:
+        self._settle(self._records(job_id), task, error=error, attempts=attempts)
 
     def job(self, job_id: int, task: str, records: Optional[Sequence[FileRecord]] = None) -> None:
         """Settle a finished job's files, reading its outcome from the store."""
-        if records is None:
-            records = self.queue.files_of([job_id])[job_id]
-        if not records:
+        try:
+            records = self._records(job_id) if records is None else records
+            status = self.queue.job_status(job_id) if records else None
+            output = self.queue.result_output(job_id) if status and status[0] == DONE else None
+        except StoreUnavailable as exc:
+            log.warning("settle_deferred", job_id=job_id, error=str(exc), detail="the database is not available")
             return
-        status = self.queue.job_status(job_id)
         if status is None:
             return
         state, error, attempts = status
         if state == DONE:
-            self.done(records, task, self.queue.result_output(job_id) or "")
+            self._settle(records, task, output=output or "")
         else:
-            self.failed(records, task, error or "failed", attempts)
+            self._settle(records, task, error=error or "failed", attempts=attempts)
 
-    def reconcile(self) -> int:
-        """Finish the moves a crash interrupted; returns how many files were settled."""
+    def reconcile(self, force: bool = False) -> int:
+        """Finish the moves a crash or a file's trouble left undone; returns how many files were settled.
+
+        `force`: ignore the back-off of files that failed before (start-up).
+        """
+        now = self._clock()
         by_job: dict[int, list[FileRecord]] = {}
         for rec, _status in self.queue.unsettled():
-            by_job.setdefault(rec.job_id, []).append(rec)
+            if force or self._trouble.get(rec.id, (0, 0.0))[1] <= now:
+                by_job.setdefault(rec.job_id, []).append(rec)
         for job_id, records in by_job.items():
             self.job(job_id, records[0].path.split("/", 1)[0], records)
         n = sum(len(r) for r in by_job.values())
         if n:
             log.info("reconciled", files=n, jobs=len(by_job))
         return n
+
+    def forget_departed(self) -> int:
+        """Originals left in the inbox after a copy: once the producer removes them, forget them."""
+        gone = []
+        for file_id, rel, inode in self.queue.left_in_inbox():
+            try:
+                st = self.files.fs.lstat(["inbox", *rel.split("/")])
+            except Exception:  # noqa: BLE001 - unreachable now counts as gone
+                st = None
+            if st is None or st.st_ino != inode:
+                gone.append(file_id)
+        if gone:
+            self.queue.forget_left(gone)
+        return len(gone)
+
+    # -- one file at a time -----------------------------------------------------------
+
+    def _records(self, job_id: int) -> list[FileRecord]:
+        return self.queue.files_of([job_id])[job_id]
+
+    def _settle(self, records: Sequence[FileRecord], task: str, output: Optional[str] = None,
+                error: Optional[str] = None, attempts: int = 0) -> None:
+        settled = [s for s in (self._one(rec, task, output, error, attempts) for rec in records) if s is not None]
+        try:
+            self.queue.settle_files(settled)
+        except StoreUnavailable as exc:
+            # The files have moved; their records say pending. The next reconcile finds each
+            # where it went, by inode, and records it then.
+            log.warning("settle_unrecorded", files=len(settled), error=str(exc), detail="recorded once the database"
+                        " takes writes again")
+            return
+        for s in settled:
+            self._trouble.pop(s.file_id, None)
+
+    def _one(self, rec: FileRecord, task: str, output: Optional[str], error: Optional[str],
+             attempts: int) -> Optional[Settled]:
+        result = None
+        try:
+            if output is not None:
+                result = self.files.write_result(rec.path, task, output)
+                moved = self.files.move_out(rec.path, "done", rec.inode, rec.size_bytes, rec.mtime_ns)
+            else:
+                info = {"job_id": rec.job_id, "task": task, "source": f"inbox/{rec.display}", "error": error,
+                        "attempts": attempts, "failed_at": now_iso()}
+                moved = self.files.fail(rec.path, info, rec.inode, rec.size_bytes, rec.mtime_ns)
+        except Exception as exc:  # noqa: BLE001 - one file's trouble stays that file's
+            self._note_trouble(rec, exc)
+            return None
+        if moved.state == "copied":
+            self._note_copy(rec, moved)
+        state = _STATES.get(moved.state, DONE if output is not None else "failed")
+        return Settled(rec.id, state, moved.to, moved.inode, result, left_in_inbox=moved.state == "copied")
+
+    def _note_trouble(self, rec: FileRecord, exc: Exception) -> None:
+        failures = self._trouble.get(rec.id, (0, 0.0))[0] + 1
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
+        self._trouble[rec.id] = (failures, self._clock() + delay)
+        text = f"{type(exc).__name__}: {exc}"
+        if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th, 8th … failure: a stuck file never floods the log
+            log.warning("settle_failed", file=rec.display, job_id=rec.job_id, error=text, failures=failures,
+                        retry_in_s=delay, detail="the file stays in the inbox, recorded; it is tried again")
+        try:
+            self.queue.settle_trouble(rec.id, text)
+        except StoreUnavailable:
+            pass
+
+    def _note_copy(self, rec: FileRecord, moved: Moved) -> None:
+        folder = rec.path.rsplit("/", 1)[0]
+        if folder not in self._noted_folders:
+            self._noted_folders.add(folder)
+            log.warning("inbox_folder_not_removable", folder=f"inbox/{displayable(folder)}", detail=moved.note,
+                        fix="let producers make folders the daemon may write (umask 007 or a default ACL, see README)")

@@ -14,8 +14,9 @@ log = get_logger("edged.upkeep")
 
 
 def checkpoint(stats: Stats) -> None:
-    wal_pages, moved = stats.checkpoint()
-    log.info("db_checkpoint", wal_pages=wal_pages, checkpointed=moved)
+    wal_pages, moved, partial = stats.checkpoint()
+    log.info("db_checkpoint", wal_pages=wal_pages, checkpointed=moved, partial=partial,
+             detail="a reader held an older snapshot; the rest is folded next time" if partial else None)
 
 
 def retention(stats: Stats, files: SpoolFiles, cfg: RetentionSettings) -> tuple[int, int]:
@@ -31,10 +32,10 @@ def retention(stats: Stats, files: SpoolFiles, cfg: RetentionSettings) -> tuple[
     expired = stats.expired(cutoff, cfg.include_failed)
     removed = 0
     for _job_id, moved in expired:
-        for rel in moved:
+        for rel, inode in moved:
             try:
-                removed += files.discard(rel)
-            except OSError as exc:
+                removed += files.discard(rel, inode)
+            except (OSError, ValueError) as exc:
                 log.warning("retention_file_error", file=rel, error=str(exc))
     jobs = stats.delete_jobs([job_id for job_id, _ in expired])
     periods = stats.prune_throughput(cutoff)

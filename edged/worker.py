@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
+
+from sqlalchemy import exc
 
 from edged import tasks
 from edged.config import Settings
 from edged.engine.api import Engine, Generation, Request, RequestError, model_info
 from edged.logs import get_logger
 from edged.settle import Settler
-from edged.spool import InputRefused, SpoolLayout
-from edged.store import FAILED, FileRecord, Job, Queue, ResultData
+from edged.spool import InputChanged, InputRefused, SpoolLayout
+from edged.store import FAILED, FileRecord, Job, Queue, ResultData, StoreUnavailable
 from edged.tasks import InputError, Prepared
 from edged.throughput import BatchReport
 from edged.timeutil import parse_iso, utcnow
 
 log = get_logger("edged.worker")
+
+STORE_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -49,7 +54,8 @@ class Worker:
 
         `tick` runs once per loop turn and between the engine calls of a batch: the systemd
         watchdog is fed from here, so an engine call that hangs stops the pings and systemd
-        restarts the service.
+        restarts the service. Nothing a job does ends this loop; a database that cannot take
+        writes (a full disk) pauses it until it can.
         """
         self.tick = tick or (lambda: None)
         try:
@@ -59,23 +65,63 @@ class Worker:
                     wake.wait(idle_seconds)
                     wake.clear()
                     continue
-                if self.run_batch() == 0:
+                try:
+                    ran = self.run_batch()
+                except StoreUnavailable as exc:
+                    self._wait_for_store(exc, stop, wake)
+                    continue
+                if ran == 0:
                     ready_in = self.queue.next_ready_in()
                     wake.wait(idle_seconds if ready_in is None else min(idle_seconds, max(ready_in, 0.01)))
                     wake.clear()
         except BaseException:
             # Stopped mid-batch (drain timeout or a second signal): hand the batch back without
             # counting the attempt, so nothing waits for a lease to expire.
-            released = self.queue.release()
+            try:
+                released = self.queue.release()
+            except StoreUnavailable:
+                released = 0  # the next start finds them running and gives them back
             if released:
                 log.warning("released_jobs", jobs=released,
                             detail="stopped mid-batch; they run again at the next start")
             raise
 
+    def _wait_for_store(self, exc: StoreUnavailable, stop: threading.Event, wake: threading.Event) -> None:
+        """Hold the model until the database takes writes again, then give back what we held (uncharged)."""
+        log.warning("store_unavailable", error=str(exc),
+                    detail="no attempt is charged; the batch runs again once the database takes writes")
+        delay = 1.0
+        while not stop.is_set():
+            self.tick()
+            try:
+                released = self.queue.release()
+            except StoreUnavailable:
+                wake.wait(delay)
+                wake.clear()
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            log.info("store_available", released_jobs=released)
+            return
+
     def run_batch(self) -> int:
         jobs = self.queue.claim(self.settings.model.batch_size)
         if not jobs:
             return 0
+        try:
+            self._process(jobs)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a bug met by this batch: handled as a crash of it would be
+            log.exception("batch_interrupted", task=jobs[0].task, jobs=len(jobs))
+            requeued, failed = self.queue.interrupted(
+                [j.id for j in jobs], f"the batch broke off with {type(exc).__name__}: {exc} while this job ran alone")
+            log.warning("batch_interrupted_jobs", requeued=requeued, failed=failed,
+                        detail="batch-mates run alone next and are not charged")
+            if failed:
+                self.settler.reconcile()
+        return len(jobs)
+
+    def _process(self, jobs: list[Job]) -> None:
         task = tasks.get(jobs[0].task)
         report = BatchReport(task.name, len(jobs), provider=self.engine.provider)
         files = self.queue.files_of([j.id for j in jobs])
@@ -91,13 +137,12 @@ class Worker:
             errors = [g for g in gens if isinstance(g, Exception)]
             if errors:
                 permanent = any(isinstance(g, RequestError) for g in errors)
-                self._fail(item.job, item.files, f"engine error: {type(errors[0]).__name__}: {errors[0]}",
-                           permanent, report)
+                self._fail(item.job, f"engine error: {type(errors[0]).__name__}: {errors[0]}", permanent, report)
                 continue
             try:
                 output = item.prepared.assemble(gens)  # type: ignore[arg-type]
             except InputError as exc:
-                self._fail(item.job, item.files, str(exc), True, report)
+                self._fail(item.job, str(exc), True, report)
                 continue
             prompt_tokens = sum(g.prompt_tokens for g in gens)  # type: ignore[union-attr]
             output_tokens = sum(g.output_tokens for g in gens)  # type: ignore[union-attr]
@@ -109,16 +154,15 @@ class Worker:
         for item, res in finished:
             if item.job.parent_id is not None:
                 # A spawned job has no input file, so no start-up reconcile would notice a
-                # result file lost to a crash after the commit: write it first (atomically;
-                # a rerun just writes it again).
+                # result file lost to a crash after the commit: write it first (a rerun finds
+                # the same text there and leaves it).
                 self.settler.result_file(item.job.source_path, task.name, res.output)
-        committed = self.queue.complete([(it.job, res) for it, res in finished])
-        for (item, res), ok in zip(finished, committed):
+        for (item, res), ok in zip(finished, self._commit(finished, report)):
             if not ok:
                 log.warning("lease_lost", job_id=item.job.id, task=task.name,
                             detail="the job was handed to another worker; its result was not stored")
                 continue
-            self.settler.done(item.files, task.name, res.output)
+            self.settler.done(item.job.id, task.name, res.output)
             report.done += 1
             wait = _wait_ms(item.job)
             report.waits_ms.append(wait)
@@ -129,17 +173,56 @@ class Worker:
                      output_tokens=res.output_tokens, spawned=res.spawn[0] if res.spawn else None,
                      **item.prepared.notes)
         self.on_batch(report)
-        return len(jobs)
+
+    def _commit(self, finished: list[tuple[_Item, ResultData]], report: BatchReport) -> list[bool]:
+        """Store the batch's results in one transaction; if the database refuses one row, each alone."""
+        pairs = [(it.job, res) for it, res in finished]
+        try:
+            return self.queue.complete(pairs)
+        except StoreUnavailable:
+            raise
+        except exc.SQLAlchemyError as error:
+            log.warning("batch_commit_error", error=f"{type(error).__name__}: {error}",
+                        detail="storing the batch's results one job at a time")
+        out = []
+        for (item, _res), got in zip(finished, self.queue.complete_each(pairs)):
+            if isinstance(got, Exception):
+                self._fail(item.job, f"the result could not be stored: {type(got).__name__}: {got}", True, report)
+                got = False
+            out.append(got)
+        return out
 
     def _input(self, job: Job, files: list[FileRecord], limit: int) -> bytes:
+        """The job's input, read once from one fd and checked against the sha256 recorded at intake."""
         if job.parent_id is not None:
             text = self.queue.result_output(job.parent_id)
             if text is None:
                 raise InputError(f"the result of job {job.parent_id}, this job's input, is gone")
             return text.encode("utf-8")
-        if not files:
-            raise InputError("the input file is no longer in the inbox (removed or replaced before it ran)")
-        return self.layout.read_input(files[0].path, limit=limit)
+        changes = []
+        for rec in files:
+            try:
+                data, st = self.layout.read_current(rec.path, limit)
+            except InputChanged as exc:
+                if not exc.removed:
+                    changes.append(str(exc))
+                self.queue.supersede(rec.id)
+                continue
+            if hashlib.sha256(data).hexdigest() != job.sha256:
+                # Not the bytes this job was queued for: the file was rewritten or replaced.
+                # Intake takes what is there now in as a new file.
+                changes.append(f"{rec.display} holds other bytes than when it was queued")
+                self.queue.supersede(rec.id)
+                continue
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != (rec.inode, rec.size_bytes, rec.mtime_ns):
+                # The same bytes under another inode (copied in again): the record follows the
+                # file, so that the file read is the file moved.
+                self.queue.refresh_file(rec.id, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return data
+        if changes:
+            raise InputError(f"the input changed before it ran: {changes[0]} (whatever is at the path now is taken"
+                             " in as a new file)")
+        raise InputError("the input file vanished from the inbox before it ran")
 
     def _prepare(self, task: tasks.Task, job: Job, files: list[FileRecord], report: BatchReport) -> Optional[_Item]:
         t0 = time.perf_counter()
@@ -147,14 +230,13 @@ class Worker:
         try:
             prepared = task.prepare(job.params, self._input(job, files, limit), self.settings, self.model)
         except (InputError, InputRefused) as exc:
-            self._fail(job, files, str(exc), True, report)
+            self._fail(job, str(exc), True, report)
             return None
-        except FileNotFoundError:
-            self._fail(job, files, "the input file vanished from the inbox before it ran", True, report)
-            return None
+        except StoreUnavailable:
+            raise
         except Exception as exc:  # an unexpected error in decoding: may be transient (I/O), retry
             log.exception("prepare_error", job_id=job.id, task=task.name)
-            self._fail(job, files, f"{type(exc).__name__}: {exc}", False, report)
+            self._fail(job, f"{type(exc).__name__}: {exc}", False, report)
             return None
         return _Item(job, files, prepared, (time.perf_counter() - t0) * 1000)
 
@@ -201,14 +283,14 @@ class Worker:
             report.prefill_ms += timing.prefill_ms
             report.decode_ms += timing.decode_ms
 
-    def _fail(self, job: Job, files: list[FileRecord], error: str, permanent: bool, report: BatchReport) -> None:
+    def _fail(self, job: Job, error: str, permanent: bool, report: BatchReport) -> None:
         status = self.queue.fail(job, error, permanent)
         if status is None:
             log.warning("lease_lost", job_id=job.id, task=job.task)
             return
         if status == FAILED:
             report.failed += 1
-            self.settler.failed(files, job.task, error, job.attempts)
+            self.settler.failed(job.id, job.task, error, job.attempts)
             log.warning("job_failed", task=job.task, job_id=job.id, file=job.source_path, status="failed",
                         attempt=job.attempts, error=error)
         else:

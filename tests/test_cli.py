@@ -64,7 +64,17 @@ def test_init_writes_a_working_config(tmp_path: Path, capsys) -> None:
     assert main(["status", "-c", str(tmp_path / "box" / "config.yaml"), "--json"]) == 0
 
 
+def _as_the_daemon_leaves_it(cfg: str) -> None:
+    """The database and spool folders, as the daemon makes them at its first start."""
+    from edged.config import load_config
+    from edged.wiring import open_parts
+
+    parts = open_parts(load_config(Path(cfg)))
+    parts.layout.ensure()
+
+
 def test_submit_status_results(cfg: str, tmp_path: Path, capsys) -> None:
+    _as_the_daemon_leaves_it(cfg)
     src = tmp_path / "doc.txt"
     src.write_text("Guten Morgen")
     img = tmp_path / "pic.png"
@@ -105,10 +115,11 @@ def test_submit_status_results(cfg: str, tmp_path: Path, capsys) -> None:
 def test_retry_moves_failed_files_back_and_requeues(cfg: str, tmp_path: Path, capsys, make_settings) -> None:
     from echo_engine import EchoEngine
 
-    from edged.commands import open_parts
     from edged.config import load_config
+    from edged.wiring import open_parts
     from edged.worker import Worker
 
+    _as_the_daemon_leaves_it(cfg)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     assert main(["submit", "-c", cfg, "-t", "ocr", str(bad)]) == 0

@@ -10,9 +10,10 @@ import pytest
 
 from edged.config import DEFAULT_IGNORE
 from edged.spool import (
-    IgnoreRules, InputRefused, SpoolFiles, SpoolLayout, StabilityTracker, atomic_write, filesystem_type,
-    is_network_fs, move_no_clobber,
+    Fingerprint, IgnoreRules, InputChanged, InputRefused, SpoolFiles, SpoolLayout, StabilityTracker, filesystem_type,
+    is_network_fs,
 )
+from edged.spool.root import replace_file, write_new
 
 TASKS = ("caption", "ocr", "translate")
 
@@ -59,18 +60,23 @@ def test_symlinks_fifos_and_linked_folders_are_refused_never_read(layout: SpoolL
     assert "symbolic link" in found["ocr/link.png"].refused
     assert "not a regular file" in found["ocr/pipe.png"].refused
     assert "symbolic link" in found["ocr/linkdir"].refused
-    with pytest.raises(InputRefused):
-        layout.read_input("ocr/link.png")
-    with pytest.raises(InputRefused):
-        layout.read_input("ocr/pipe.png")  # and does not block on the FIFO
+    with pytest.raises(InputChanged):
+        layout.read_current("ocr/link.png")
+    with pytest.raises(InputChanged):
+        layout.read_current("ocr/pipe.png")  # and does not block on the FIFO
 
 
 def test_read_input_limit_and_sha(layout: SpoolLayout) -> None:
-    (layout.inbox / "translate" / "a.txt").write_bytes(b"hello")
-    assert layout.sha256("translate/a.txt") == ("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", 5)
-    assert layout.read_input("translate/a.txt", limit=5) == b"hello"
+    path = layout.inbox / "translate" / "a.txt"
+    path.write_bytes(b"hello")
+    st = path.stat()
+    fp = Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    assert layout.hash_input("translate/a.txt", fp) == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert layout.hash_input("translate/a.txt", Fingerprint(st.st_ino + 1, 5, 0, 0)) is None  # not the one looked at
+    data, fst = layout.read_current("translate/a.txt", limit=5)
+    assert data == b"hello" and fst.st_ino == st.st_ino
     with pytest.raises(InputRefused, match="larger than the limit"):
-        layout.read_input("translate/a.txt", limit=4)
+        layout.read_current("translate/a.txt", limit=4)
 
 
 class FakeClock:
@@ -132,21 +138,32 @@ def test_vanished_candidates_are_dropped(tmp_path: Path) -> None:
     assert tracker.ready() == [] and len(tracker) == 0
 
 
-def test_move_never_overwrites(tmp_path: Path) -> None:
-    dest = tmp_path / "out" / "a.jpg"
+def test_move_never_overwrites(layout: SpoolLayout) -> None:
+    files = SpoolFiles(layout)
+    src = layout.inbox / "ocr" / "a.jpg"
     for i in range(3):
-        src = tmp_path / f"src{i}"
         src.write_text(str(i))
-        move_no_clobber(src, dest)
-    names = sorted(p.name for p in dest.parent.iterdir())
-    assert names == ["a.1.jpg", "a.2.jpg", "a.jpg"]
-    assert (dest.parent / "a.jpg").read_text() == "0" and (dest.parent / "a.2.jpg").read_text() == "2"
+        st = src.stat()
+        moved = files.move_out("ocr/a.jpg", "done", st.st_ino, st.st_size, st.st_mtime_ns)
+        assert moved.state == "moved" and moved.inode == st.st_ino
+    dest = layout.root / "done" / "ocr"
+    assert sorted(p.name for p in dest.iterdir()) == ["a.1.jpg", "a.2.jpg", "a.jpg"]
+    assert (dest / "a.jpg").read_text() == "0" and (dest / "a.2.jpg").read_text() == "2"
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
-    atomic_write(tmp_path / "r.txt", b"one")
-    atomic_write(tmp_path / "r.txt", b"two")
-    assert [p.name for p in tmp_path.iterdir()] == ["r.txt"] and (tmp_path / "r.txt").read_text() == "two"
+def test_written_files_are_whole_and_never_clobbered(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_new(fd, "r.txt", b"one")
+        with pytest.raises(FileExistsError):
+            write_new(fd, "r.txt", b"two")
+        replace_file(fd, "n.json", b"1")
+        replace_file(fd, "n.json", b"2")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.json", "r.txt"]
+    assert (tmp_path / "r.txt").read_text() == "one" and (tmp_path / "n.json").read_text() == "2"
+    assert (tmp_path / "r.txt").stat().st_mode & 0o777 == 0o640
 
 
 def test_fail_moves_and_writes_error_json_and_finds_a_moved_file_by_inode(layout: SpoolLayout) -> None:
@@ -154,31 +171,33 @@ def test_fail_moves_and_writes_error_json_and_finds_a_moved_file_by_inode(layout
     src = layout.inbox / "ocr" / "x.png"
     src.write_bytes(b"x")
     inode = src.stat().st_ino
-    moved = files.fail("ocr/x.png", {"error": "boom"})
-    assert moved == "failed/ocr/x.png"
+    moved = files.fail("ocr/x.png", {"error": "boom"}, inode)
+    assert (moved.state, moved.to) == ("moved", "failed/ocr/x.png")
     info = json.loads((layout.root / "failed/ocr/x.png.error.json").read_text())
     assert info["error"] == "boom" and info["file"] == "failed/ocr/x.png"
     # After a crash between the move and its record, the move is found again by inode.
-    assert files.move_out("ocr/x.png", "failed", inode) == "failed/ocr/x.png"
-    assert files.move_out("ocr/x.png", "failed", inode + 1) is None
+    assert files.move_out("ocr/x.png", "failed", inode).to == "failed/ocr/x.png"
+    assert files.move_out("ocr/x.png", "failed", inode + 1).state == "missing"
 
 
 def test_restore_brings_a_failed_file_back(layout: SpoolLayout) -> None:
     files = SpoolFiles(layout)
     (layout.inbox / "ocr" / "x.png").write_bytes(b"x")
     moved = files.fail("ocr/x.png", {"error": "boom"})
-    assert files.restore(moved, "ocr/x.png") == "ocr/x.png"
+    assert files.restore(moved.to, "ocr/x.png") == "ocr/x.png"
     assert (layout.inbox / "ocr" / "x.png").exists()
     assert not list((layout.root / "failed" / "ocr").iterdir())
 
 
 def test_remove_debris(layout: SpoolLayout) -> None:
-    debris = layout.root / "out" / "ocr" / ".x.png.ocr.txt.abc.tmp"
+    debris = layout.root / "out" / "ocr" / ".x.png.ocr.txt.abc.tmp"  # an older edged's temp name
     debris.write_text("half")
+    ours = layout.root / "done" / "ocr" / ".edged-0123456789ab.tmp"
+    ours.write_text("half")
     keep = layout.root / "out" / "ocr" / "x.png.ocr.txt"
     keep.write_text("whole")
-    assert SpoolFiles(layout).remove_debris() == 1
-    assert keep.exists() and not debris.exists()
+    assert SpoolFiles(layout).remove_debris() == 2
+    assert keep.exists() and not debris.exists() and not ours.exists()
 
 
 def test_filesystem_type_from_mountinfo(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.store import NewFile, Queue, ResultData, backoff_delay, migrate, open_engine, open_queue
+from edged.store import NewFile, Queue, ResultData, Settled, backoff_delay, migrate, open_engine, open_queue
 from edged.store.schema import SCHEMA_VERSION, current_version, metadata
 from edged.timeutil import parse_iso, utcnow
 
@@ -72,8 +72,8 @@ def test_duplicate_of_done_and_redrop_of_failed(queue: Queue) -> None:
     jobs = queue.claim(10)
     assert queue.complete([(jobs[0], ResultData("out"))]) == [True]
     assert queue.fail(jobs[1], "bad", permanent=True) == "failed"
-    queue.settle_files([(first[0].file_id, "done", "done/caption/a.jpg"),
-                        (first[1].file_id, "failed", "failed/caption/b.jpg")])
+    queue.settle_files([Settled(first[0].file_id, "done", "done/caption/a.jpg"),
+                        Settled(first[1].file_id, "failed", "failed/caption/b.jpg")])
     dup, again = queue.enqueue([_file("a.jpg", "s1"), _file("b.jpg", "s2")], model="m")
     assert dup.outcome == "duplicate" and dup.job_id == jobs[0].id
     assert again.outcome == "requeued" and again.job_id == jobs[1].id
@@ -212,7 +212,11 @@ def test_recover_everything_at_startup_requeues_unexpired_leases(queue: Queue) -
     queue.claim(5)
     assert queue.recover() == (0, 0)
     assert queue.recover(everything=True) == (2, 0)
-    assert len(queue.claim(5)) == 2
+    # Interrupted batch-mates get their attempt back and run alone, one after the other.
+    first = queue.claim(5)
+    assert [j.attempts for j in first] == [1]
+    assert queue.complete([(first[0], ResultData("ok"))]) == [True]
+    assert [j.attempts for j in queue.claim(5)] == [1]
 
 
 def test_next_ready_in(queue: Queue) -> None:

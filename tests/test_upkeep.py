@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edged.commands import open_parts
+from edged.wiring import open_parts
 from edged.reload import changed_keys, live_settings, needs_restart
 from edged.spool.space import SpaceGuard
-from edged.store import NewFile, ResultData
+from edged.store import NewFile, ResultData, Settled
 from edged.store.stats import Stats
 from edged.timeutil import iso, utcnow
 from edged.upkeep import checkpoint, retention
@@ -102,9 +102,10 @@ def test_retention_keeps_a_parent_while_its_child_is_kept(make_settings) -> None
     parts = open_parts(s)
     parts.layout.ensure()
     q, stats = parts.queue, Stats(parts.queue.engine)
-    q.enqueue([NewFile("ocr", "ocr/a.png", "a")], "m")
+    (added,) = q.enqueue([NewFile("ocr", "ocr/a.png", "a")], "m")
     (ocr,) = q.claim(1)
     q.complete([(ocr, ResultData("text", spawn=("translate", {"target_language": "de"})))])
+    q.settle_files([Settled(added.file_id, "done", "done/ocr/a.png")])
     (child,) = q.claim(1)
     q.fail(child, "loop", permanent=True)  # a failed child: kept unless include_failed
     with q.engine.begin() as conn:

@@ -10,7 +10,7 @@ import pytest
 from echo_engine import EchoEngine
 
 from conftest import png_bytes
-from edged.commands import open_parts
+from edged.wiring import open_parts
 from edged.engine.api import Generation
 from edged.worker import Worker
 

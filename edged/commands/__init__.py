@@ -1,31 +1,73 @@
-"""The verbs of the `edged` command, each over the parts it needs (cli.py only parses)."""
+"""The verbs of the `edged` command, each over the parts it needs (cli.py only parses).
+
+The operator's commands never change the database's shape or ownership: they open it
+read-only, or read-write without migrating, and only when it exists. Run as root, they act
+as the database's owner, so that a file SQLite creates beside it (-wal, -shm) belongs to the
+daemon's user and never locks the daemon out.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import pwd
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import exc
 
 from edged.config import Settings
-from edged.daemon import build_layout, build_queue
-from edged.engine.loader import model_name
-from edged.intake import Intake
-from edged.settle import Settler
-from edged.spool import SpoolFiles, SpoolLayout
-from edged.store import Queue
+from edged.exitcodes import CliError, ExitCode
+from edged.store import DatabaseMissing, SchemaMismatch, StoreUnavailable
+from edged.store.db import read, sqlite_path
+from edged.wiring import Access, Parts, open_parts
 
 
-@dataclass
-class Parts:
-    queue: Queue
-    layout: SpoolLayout
-    files: SpoolFiles
-    settler: Settler
-
-    def intake(self, settings: Settings) -> Intake:
-        return Intake(settings, self.queue, self.layout, self.settler, model_name(settings.model, settings.model_dir))
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
-def open_parts(settings: Settings) -> Parts:
-    queue = build_queue(settings)
-    layout = build_layout(settings)
-    files = SpoolFiles(layout, settings.spool.write_result_files)
-    return Parts(queue, layout, files, Settler(queue, files))
+@contextmanager
+def as_database_owner(settings: Settings) -> Iterator[None]:
+    """While inside: when run as root, act as the owner of the database's folder."""
+    path = sqlite_path(settings.database_url)
+    folder = path.parent if path is not None else settings.state_dir
+    try:
+        st = os.stat(path if path is not None and path.exists() else folder)
+    except OSError:
+        st = None
+    if os.geteuid() != 0 or st is None or st.st_uid == 0:
+        yield
+        return
+    os.setegid(st.st_gid)
+    os.seteuid(st.st_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def command_parts(settings: Settings, access: Access) -> Parts:
+    """The parts a command needs, or a CliError whose message names the fix."""
+    path = sqlite_path(settings.database_url)
+    try:
+        parts = open_parts(settings, access)
+        with read(parts.queue.engine) as conn:  # open now: a permission problem shows here, not mid-command
+            conn.exec_driver_sql("SELECT 1 FROM jobs LIMIT 1").all()
+    except DatabaseMissing as error:
+        raise CliError(str(error), ExitCode.NOT_FOUND) from None
+    except SchemaMismatch as error:
+        raise CliError(str(error), ExitCode.ERROR) from None
+    except (exc.OperationalError, StoreUnavailable, PermissionError) as error:
+        owner = _owner_name(Path(path).stat().st_uid) if path is not None and path.exists() else "edged"
+        raise CliError(f"cannot open the database {path} as {_owner_name(os.geteuid())}"
+                       f" ({getattr(error, 'orig', error)}): run the command as its owner, e.g."
+                       f" sudo -u {owner} edged …", ExitCode.NO_ACCESS) from None
+    return parts
+
+
+__all__ = ["Parts", "as_database_owner", "command_parts", "open_parts"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from edged.config import Settings
-from edged.daemon import build_layout
+from edged.wiring import build_layout
 from edged.engine.loader import MANIFEST, is_plugin, model_name
 from edged.exitcodes import ExitCode
 from edged.spool import filesystem_type, is_network_fs
@@ -23,8 +23,8 @@ def _writable_dir(path: Path) -> tuple[str, str]:
         probe = probe.parent
     if not probe.is_dir():
         return FAIL, f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return FAIL, f"{probe} is not writable by uid {os.getuid()}"
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=True):
+        return FAIL, f"{probe} is not writable by uid {os.geteuid()}"
     return (OK, str(path)) if probe == path else (WARN, f"{path} does not exist yet (will be created)")
 
 
@@ -44,18 +44,58 @@ def _spool_fs(settings: Settings) -> tuple[str, str]:
 
 
 def _database(settings: Settings) -> tuple[str, str]:
-    from edged.store import open_engine
-    from edged.store.schema import SCHEMA_VERSION, current_version
+    from edged.commands import command_parts
+    from edged.exitcodes import CliError
 
     try:
-        version = current_version(open_engine(settings.database_url))
-    except Exception as exc:  # noqa: BLE001 - the doctor reports, it does not crash
-        return FAIL, f"{settings.database_url}: {exc}"
-    if version == 0:
-        return WARN, f"{settings.database_url}: not created yet (the daemon creates it)"
-    if version > SCHEMA_VERSION:
-        return FAIL, f"schema v{version} is newer than this edged (v{SCHEMA_VERSION})"
-    return OK, f"{settings.database_url} (schema v{version})"
+        parts = command_parts(settings, "read")
+    except CliError as exc:
+        return (WARN if exc.code == ExitCode.NOT_FOUND else FAIL), str(exc)
+    from edged.store.queries import queue_summary
+    from edged.store.schema import SCHEMA_VERSION
+
+    info = queue_summary(parts.queue.engine)
+    detail = f"{settings.database_url} (schema v{SCHEMA_VERSION})"
+    if info["files_unsettled"]:
+        return WARN, (f"{detail}; {info['files_unsettled']} finished files could not be moved out of the inbox"
+                      " (their reason: SELECT path, settle_error FROM files WHERE settle_error IS NOT NULL"
+                      " AND state = 'pending')")
+    return OK, detail
+
+
+def _spool_safety(settings: Settings) -> tuple[str, str]:
+    """Links where the daemon goes, group-writable daemon folders, inbox folders it may not clean."""
+    from edged.spool import UnsafePath
+
+    layout = build_layout(settings)
+    problems, warnings = [], []
+    for area in ("inbox", "done", "failed", "out"):
+        for parts in [[area], *[[area, t] for t in layout.tasks]]:
+            try:
+                with layout.fs.folder(parts) as fd:
+                    mode = os.fstat(fd).st_mode
+            except FileNotFoundError:
+                continue
+            except (UnsafePath, OSError) as exc:
+                problems.append(str(exc))
+                continue
+            producers_write = area == "inbox" and len(parts) == 2
+            if mode & 0o002 or (mode & 0o020 and not producers_write):
+                warnings.append(f"{'/'.join(parts)} is writable by {'others' if mode & 0o002 else 'the group'}"
+                                f" ({oct(mode & 0o7777)}): only the daemon should write there")
+    for task in layout.tasks:
+        top = layout.inbox / task
+        for dirpath, dirnames, _files in os.walk(top):
+            for d in dirnames:
+                path = os.path.join(dirpath, d)
+                if not os.path.islink(path) and not os.access(path, os.W_OK | os.X_OK, effective_ids=True):
+                    warnings.append(f"{path}: the daemon may not remove files from it (made by a producer with"
+                                    " umask 022?): its files are copied, not moved")
+    if problems:
+        return FAIL, "; ".join(problems)
+    if warnings:
+        return WARN, "; ".join(warnings[:5]) + (f" (+{len(warnings) - 5} more)" if len(warnings) > 5 else "")
+    return OK, "no links, no group-writable daemon folders, every inbox folder movable"
 
 
 def _providers(_settings: Settings) -> tuple[str, str]:
@@ -87,6 +127,7 @@ def doctor(settings: Settings, as_json: bool = False) -> ExitCode:
         *[(f"inbox/{t}", lambda t=t: _writable_dir(layout.inbox / t)) for t in layout.tasks],
         *[(f"{a}/", lambda a=a: _writable_dir(layout.area(a))) for a in ("done", "failed", "out")],
         ("spool_fs", lambda: _spool_fs(settings)),
+        ("spool_safety", lambda: _spool_safety(settings)),
         ("disk_state", lambda: _disk(settings.state_dir)),
         ("disk_spool", lambda: _disk(settings.spool_dir)),
         ("database", lambda: _database(settings)),

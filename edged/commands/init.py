@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edged.config import load_config
-from edged.daemon import build_layout
+from edged.wiring import build_layout
 from edged.exitcodes import CliError, ExitCode
 from edged.tasks import TASK_NAMES
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import Any, Optional
 
-from edged.commands import open_parts
+from edged.commands import command_parts
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.store.queries import list_results
@@ -26,8 +26,15 @@ def results(settings: Settings, *, task: Optional[str], since: Optional[str], st
         since_dt = parse_since(since) if since else None
     except ValueError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
-    rows = list_results(open_parts(settings).queue.engine, task=task, status=status, since=since_dt,
-                        limit=limit or None)
+    rows: list[dict[str, Any]] = []
+    try:
+        engine = command_parts(settings, "read").queue.engine
+    except CliError as exc:
+        if exc.code != ExitCode.NOT_FOUND:
+            raise
+        print(f"edged: {exc}", file=sys.stderr)  # nothing has run yet: no results, not a failure
+    else:
+        rows = list_results(engine, task=task, status=status, since=since_dt, limit=limit or None)
     if fmt == "json":
         emit_json(rows)
     elif fmt == "jsonl":

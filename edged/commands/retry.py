@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from edged.commands import open_parts
+from edged.commands import command_parts
 from edged.config import Settings
 from edged.exitcodes import ExitCode
 from edged.store.queries import failed_job_ids
 
 
 def retry(settings: Settings, job_ids: Sequence[int], all_failed: bool = False) -> ExitCode:
-    parts = open_parts(settings)
+    parts = command_parts(settings, "write")
     ids = list(job_ids) + (failed_job_ids(parts.queue.engine) if all_failed else [])
     code = ExitCode.OK
     files = parts.queue.files_of(ids, state="failed")
@@ -26,9 +26,16 @@ def retry(settings: Settings, job_ids: Sequence[int], all_failed: bool = False) 
             continue
         # Files first: a job back in the queue without its file would just fail again.
         for rec in files[job_id]:
+            if rec.left_in_inbox:  # the original never left: drop the copy, take the original again
+                if rec.moved_to:
+                    parts.files.discard(rec.moved_to, rec.moved_inode)
+                parts.queue.restore_file(rec.id, rec.path)
+                continue
+            if not rec.moved_to:
+                continue
             try:
                 rel = parts.files.restore(rec.moved_to, rec.path)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, OSError) as exc:
                 print(f"{job_id}\tcannot restore: {exc}")
                 continue
             parts.queue.restore_file(rec.id, rel)

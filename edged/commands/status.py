@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from edged.commands import open_parts
+from edged.commands import command_parts
 from edged.config import Settings
-from edged.daemon import lock_path
 from edged.engine.loader import model_name
-from edged.exitcodes import ExitCode
+from edged.exitcodes import CliError, ExitCode
 from edged.lock import StateLock
 from edged.store.queries import queue_summary, throughput_since
 from edged.store.stats import Stats
+from edged.wiring import lock_path
 
 
 def _age(seconds: float | None) -> str:
@@ -24,19 +24,34 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
+def _empty() -> dict[str, Any]:
+    zero = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    return {"jobs": zero, "by_task": {}, "files_in_inbox": 0, "files_unsettled": 0, "files_left_in_inbox": 0,
+            "oldest_queued_at": None, "oldest_queued_age_s": None,
+            "last_hour": {"done": 0, "failed": 0, "jobs_per_min": 0.0, "output_tokens": 0, "output_tok_per_s": None}}
+
+
 def collect(settings: Settings) -> dict[str, Any]:
-    parts = open_parts(settings)
-    info = queue_summary(parts.queue.engine)
+    try:
+        parts = command_parts(settings, "read")
+    except CliError as exc:
+        if exc.code != ExitCode.NOT_FOUND:
+            raise
+        info, daemon, throughput = _empty(), {}, {"periods": 0}
+        info["database"] = str(exc)
+    else:
+        info = queue_summary(parts.queue.engine)
+        daemon = Stats(parts.queue.engine).runtime()
+        throughput = throughput_since(parts.queue.engine, hours=1)
     info["model"] = model_name(settings.model, settings.model_dir)
-    daemon = Stats(parts.queue.engine).runtime()
     holder = StateLock(lock_path(settings)).holder()
     daemon["running"] = holder is not None
     if holder is None:
         # What a stopped daemon last wrote is history, not state.
-        for key in ("intake_paused", "processing_open", "next_opening"):
+        for key in ("intake_paused", "processing_open", "next_opening", "low_disk"):
             daemon.pop(key, None)
     info["daemon"] = daemon
-    info["throughput_last_hour"] = throughput_since(parts.queue.engine, hours=1)
+    info["throughput_last_hour"] = throughput
     info["spool_dir"] = str(settings.spool_dir)
     try:
         info["spool_free_mb"] = shutil.disk_usage(settings.spool_dir).free // (1024 * 1024)
@@ -52,6 +67,8 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     if as_json:
         emit_json(info)
         return ExitCode.OK
+    if info.get("database"):
+        print(f"database            {info['database']}")
     states = ("queued", "running", "done", "failed")
     print(f"{'task':<12}" + "".join(f"{s:>10}" for s in states))
     for task, counts in sorted(info["by_task"].items()):
@@ -61,6 +78,12 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     print()
     print(f"oldest queued job   {_age(info['oldest_queued_age_s'])}")
     print(f"files in inbox      {info['files_in_inbox']}")
+    if info["files_unsettled"]:
+        print(f"files not moved     {info['files_unsettled']} finished, but their move out of the inbox failed"
+              " (retried; `edged doctor` says why)")
+    if info["files_left_in_inbox"]:
+        print(f"files left in inbox {info['files_left_in_inbox']} copied to done/ or failed/: the daemon may not"
+              " remove them from their folder (see the README on producers)")
     print(f"last hour           {hour['done']} done, {hour['failed']} failed, {hour['jobs_per_min']} jobs/min, "
           f"{hour['output_tokens']} output tokens"
           + (f", {hour['output_tok_per_s']} tok/s of model time" if hour["output_tok_per_s"] else ""))
@@ -75,7 +98,8 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     provider = f" on {d['provider']}" if d.get("provider") else ""
     print(f"model               {d.get('model') or info['model']}{provider}")
     if d.get("intake_paused"):
-        print(f"intake              PAUSED: low disk space ({d.get('spool_free_mb')} MB free, "
+        low = ", ".join(f"{place} {mb} MB free" for place, mb in (d.get("low_disk") or {}).items())
+        print(f"intake              PAUSED: low disk space ({low or str(d.get('spool_free_mb')) + ' MB free'}, "
               f"below spool.min_free_mb {d.get('min_free_mb')})")
     if d.get("processing_open") is False:
         print(f"processing          waiting: outside the processing windows (next opening {d.get('next_opening')})")

@@ -117,6 +117,14 @@ class StabilityTracker:
         return out
 
 
+class Deferred(Exception):
+    """Raised by `on_ready` for paths it could not take now; they are offered again later."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__(f"{len(paths)} files deferred")
+        self.paths = paths
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: "SpoolWatcher") -> None:
         self.watcher = watcher
@@ -180,6 +188,10 @@ class SpoolWatcher:
                 ready = self.tracker.ready()
                 if ready:
                     self.on_ready(ready)
+            except Deferred as exc:  # the store cannot take writes: offer these again, quietly
+                for path in exc.paths:
+                    self.tracker.touch(path, event=False)
+                self._stop.wait(1.0)
             except Exception:  # the intake thread must outlive any one bad file or DB hiccup
                 log.exception("intake_error", files=len(ready))
                 for path in ready:  # offer them again on the next tick

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 from typing import Optional
 
-from edged.store.db import open_engine
+from edged.store.db import DatabaseMissing, open_engine, read, write
+from edged.store.errors import StoreUnavailable
+from edged.store.files import FileRecord, Settled
 from edged.store.queue import (
-    DONE, FAILED, QUEUED, RUNNING, Enqueued, FileRecord, Job, NewFile, Queue, ResultData,
-    backoff_delay, canonical_params,
+    DONE, FAILED, QUEUED, RUNNING, Enqueued, Job, NewFile, Queue, ResultData, backoff_delay, canonical_params,
 )
-from edged.store.schema import migrate
+from edged.store.schema import SchemaMismatch, migrate, require_current
 
 __all__ = [
-    "DONE", "FAILED", "QUEUED", "RUNNING", "Enqueued", "FileRecord", "Job", "NewFile", "Queue",
-    "ResultData", "backoff_delay", "canonical_params", "migrate", "open_engine", "open_queue",
+    "DONE", "FAILED", "QUEUED", "RUNNING", "DatabaseMissing", "Enqueued", "FileRecord", "Job", "NewFile", "Queue",
+    "ResultData", "SchemaMismatch", "Settled", "StoreUnavailable", "backoff_delay", "canonical_params",
+    "migrate", "open_engine", "open_queue", "read", "require_current", "write",
 ]
 
 
-def open_queue(url: str, *, owner: Optional[str] = None, **options: float) -> Queue:
-    """Open (and migrate) the database at `url` and return its queue."""
-    engine = open_engine(url)
-    migrate(engine)
+def open_queue(url: str, *, owner: Optional[str] = None, readonly: bool = False, migrate_schema: bool = True,
+               **options: float) -> Queue:
+    """The queue of the database at `url`.
+
+    The daemon opens it read-write and migrates it (creating it if need be). The operator's
+    commands never change its shape: `migrate_schema=False` requires the current schema as it
+    is, and `readonly=True` also never writes or creates anything.
+    """
+    engine = open_engine(url, readonly=readonly)
+    if migrate_schema and not readonly:
+        migrate(engine)
+    else:
+        require_current(engine)
     return Queue(engine, owner=owner, **options)

@@ -5,46 +5,106 @@ both read a row and then race to update it. We turn it off and issue `BEGIN IMME
 ourselves, so every write transaction holds the write lock from its first statement.
 Read-only work asks for `BEGIN` (deferred) with the `readonly` execution option and never
 blocks the daemon.
+
+The daemon opens the database read-write (and creates it); the operator's commands open it
+read-only (`readonly=True`: a `mode=ro` URI, never created, never migrated), so that `edged
+status` run by root or by a member of the spool group can never leave a file the daemon
+cannot open.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Optional
+from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from edged.store.errors import StoreUnavailable, unavailable_reason
 
 BUSY_TIMEOUT_MS = 30_000
 
 
-def open_engine(url: str) -> Engine:
+class DatabaseMissing(Exception):
+    """A read-only open of a database that does not exist yet (only the daemon creates it)."""
+
+
+def sqlite_path(url: str) -> Optional[Path]:
+    """The file behind a sqlite URL (None for an in-memory database)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         raise ValueError(f"database {url!r}: only SQLite URLs are supported (sqlite:///path)")
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url,
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-    )
+    db = parsed.database
+    return Path(db) if db and db != ":memory:" else None
+
+
+def _readonly_url(path: Path, immutable: bool) -> str:
+    return f"sqlite:///file:{quote(str(path))}?mode=ro{'&immutable=1' if immutable else ''}&uri=true"
+
+
+def open_engine(url: str, readonly: bool = False) -> Engine:
+    path = sqlite_path(url)
+    if readonly:
+        if path is None or not path.is_file():
+            raise DatabaseMissing(f"no database at {path or url} yet: the daemon creates it when it first starts")
+        # A WAL database has its -wal file while any connection is open. Without one, nobody
+        # is writing and everything is folded into the main file: read it as immutable, which
+        # needs no -shm (a group member cannot create one in the daemon's state folder, and
+        # another user must not leave one behind that the daemon cannot open).
+        immutable = not Path(f"{path}-wal").exists()
+        engine = create_engine(_readonly_url(path, immutable), poolclass=NullPool,
+                               connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+    else:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        # FULL: a committed job state survives power loss, the invariant the spool relies on
-        # before it moves a file out of the inbox.
-        cur.execute("PRAGMA synchronous=FULL")
+        if readonly:
+            cur.execute("PRAGMA query_only=1")
+        else:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            # FULL: a committed job state survives power loss, the invariant the spool relies
+            # on before it moves a file out of the inbox.
+            cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("readonly"):
+        if readonly or conn.get_execution_options().get("readonly"):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; a database that cannot take it (full disk, I/O error) raises StoreUnavailable.
+
+    The transaction is rolled back whole in that case, so the caller may try again later.
+    """
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except exc.OperationalError as error:
+        reason = unavailable_reason(error)
+        if reason is None:
+            raise
+        raise StoreUnavailable(reason) from error
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read transaction (deferred BEGIN: it never blocks the writer)."""
+    with engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        yield conn

@@ -8,18 +8,15 @@ from typing import Any, Optional
 
 from sqlalchemy import Engine
 
+from edged.store.db import read
 from edged.timeutil import iso, parse_iso, utcnow
-
-
-def _read(engine: Engine):  # noqa: ANN202 - a context manager of a read-only connection
-    return engine.connect().execution_options(readonly=True)
 
 
 def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, Any]:
     """Counts by state and task, oldest queued job, and the last hour's throughput."""
     now = now or utcnow()
     hour_ago = iso(now - timedelta(hours=1))
-    with _read(engine) as conn, conn.begin():
+    with read(engine) as conn:
         by_task: dict[str, dict[str, int]] = {}
         totals = {"queued": 0, "running": 0, "done": 0, "failed": 0}
         for task, status, n in conn.exec_driver_sql(
@@ -37,11 +34,19 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
             (hour_ago,),
         ).one()
         files_waiting = conn.exec_driver_sql("SELECT COUNT(*) FROM files WHERE state = 'pending'").scalar_one()
+        stuck, left = conn.exec_driver_sql(
+            "SELECT (SELECT COUNT(*) FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.state = 'pending'"
+            "   AND j.status IN ('done', 'failed') AND f.settle_error IS NOT NULL),"
+            " (SELECT COUNT(*) FROM files WHERE left_in_inbox = 1)").one()
     oldest_age = (now - parse_iso(oldest)).total_seconds() if oldest else None
     return {
         "jobs": totals,
         "by_task": by_task,
         "files_in_inbox": files_waiting,
+        # Finished, but their move out of the inbox failed (retried by the daemon; see doctor).
+        "files_unsettled": stuck,
+        # Copied to done/ or failed/ because the daemon may not remove them from their folder.
+        "files_left_in_inbox": left,
         "oldest_queued_at": oldest,
         "oldest_queued_age_s": round(oldest_age, 1) if oldest_age is not None else None,
         "last_hour": {
@@ -58,7 +63,7 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
 def throughput_since(engine: Engine, hours: float, now: Optional[datetime] = None) -> dict[str, Any]:
     """Totals of the daemon's own throughput rows over the last `hours`."""
     now = now or utcnow()
-    with _read(engine) as conn, conn.begin():
+    with read(engine) as conn:
         row = conn.exec_driver_sql(
             "SELECT COUNT(*), COALESCE(SUM(jobs_done), 0), COALESCE(SUM(jobs_failed), 0),"
             " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(engine_ms), 0), MIN(period_start), MAX(period_end)"
@@ -103,7 +108,7 @@ def list_results(
     if limit:
         sql += " LIMIT ?"
         args.append(limit)
-    with _read(engine) as conn, conn.begin():
+    with read(engine) as conn:
         rows = conn.exec_driver_sql(sql, tuple(args)).mappings().all()
     out = []
     for row in rows:
@@ -114,5 +119,5 @@ def list_results(
 
 
 def failed_job_ids(engine: Engine) -> list[int]:
-    with _read(engine) as conn, conn.begin():
+    with read(engine) as conn:
         return list(conn.exec_driver_sql("SELECT id FROM jobs WHERE status = 'failed' ORDER BY id").scalars())

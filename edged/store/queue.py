@@ -4,6 +4,12 @@ Every state change is one SQLite transaction opened with BEGIN IMMEDIATE (see db
 crash between any two statements leaves the database in a state the next start-up repairs:
 a `running` job whose worker is gone goes back to `queued`, and a result is keyed by job id,
 so running a job again never stores a second result.
+
+Crash attribution: a process that dies mid-batch is not the fault of every job in the batch.
+A claim records how many jobs it took together (`lease_batch`); when a worker dies, the jobs
+of a batch get their attempt back and run alone next (`solo`); only a job that was running
+alone when a worker died is charged, so one that really kills the process fails after
+max_attempts and its batch-mates never do.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ import random
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from sqlalchemy import Connection, Engine, exc
 
+from edged.store.db import read, write
+from edged.store.errors import StoreUnavailable
+from edged.pathnames import storable
+from edged.store.files import FileRecords
 from edged.timeutil import iso, now_iso, parse_iso, utcnow
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -84,17 +94,6 @@ class ResultData:
     spawn: Optional[tuple[str, dict]] = None
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    id: int
-    job_id: int
-    path: str
-    state: str
-    duplicate: bool
-    moved_to: Optional[str] = None
-    inode: Optional[int] = None
-
-
 _JOB_COLUMNS = "id, task, params, model, source_path, sha256, attempts, created_at, parent_id"
 
 
@@ -103,8 +102,8 @@ def _job(row) -> Job:  # noqa: ANN001 - a SQLAlchemy Row
                row.attempts, row.created_at, row.parent_id)
 
 
-class Queue:
-    """One storage interface for jobs; knows nothing of images, prompts or ONNX."""
+class Queue(FileRecords):
+    """One storage interface for jobs and their files; knows nothing of images, prompts or ONNX."""
 
     def __init__(
         self,
@@ -126,35 +125,49 @@ class Queue:
 
     # -- intake -------------------------------------------------------------------------
 
-    def enqueue(self, items: Iterable[NewFile], model: str) -> list[Enqueued]:
-        """Record files and create or join their jobs, all in one transaction."""
+    def enqueue(self, items: Sequence[NewFile], model: str) -> list[Enqueued]:
+        """Record files and create or join their jobs, all in one transaction.
+
+        Raises StoreUnavailable (nothing recorded) when the database cannot take the write.
+        """
         now = now_iso()
         out: list[Enqueued] = []
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             for item in items:
                 out.append(self._enqueue_one(conn, item, model, now))
         return out
 
     def _enqueue_one(self, conn: Connection, item: NewFile, model: str, now: str) -> Enqueued:
+        path, raw = storable(item.path)
         pending = conn.exec_driver_sql(
-            "SELECT f.id, f.job_id, j.sha256 FROM files f JOIN jobs j ON j.id = f.job_id "
-            "WHERE f.path = ? AND f.state = 'pending'", (item.path,)
+            "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256 FROM files f"
+            " JOIN jobs j ON j.id = f.job_id WHERE f.path = ? AND f.state = 'pending'", (path,)
         ).first()
         if pending is not None:
+            same_file = (pending.inode, pending.size_bytes, pending.mtime_ns) == (item.inode, item.size_bytes,
+                                                                                   item.mtime_ns)
             if item.refused is None and pending.sha256 == item.sha256:
+                if not same_file or pending.ctime_ns != item.ctime_ns:
+                    # The same bytes under a new inode (copied again): the record follows the file.
+                    conn.exec_driver_sql(
+                        "UPDATE files SET inode = ?, size_bytes = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
+                        (item.inode, item.size_bytes, item.mtime_ns, item.ctime_ns, pending.id))
                 return Enqueued(pending.job_id, pending.id, "known")
+            if item.refused is not None and pending.sha256 is None and same_file:
+                return Enqueued(pending.job_id, pending.id, "known")  # a refusal still waiting to be moved
             # The file was replaced in place before its job ran: the old record no longer
             # describes what is on disk.
             conn.exec_driver_sql(
                 "UPDATE files SET state = 'superseded', settled_at = ? WHERE id = ?", (now, pending.id)
             )
         params = canonical_params(item.params)
+        source = path
         if item.refused is not None:
             job_id = conn.exec_driver_sql(
                 "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
                 " error, created_at, finished_at, next_run_at) VALUES (?, ?, ?, ?, NULL, ?, 'failed', 0, ?, ?, ?, ?)"
                 " RETURNING id",
-                (item.task, params, model, item.path, item.size_bytes, item.refused, now, now, now),
+                (item.task, params, model, source, item.size_bytes, item.refused, now, now, now),
             ).scalar_one()
             outcome = "refused"
         else:
@@ -162,15 +175,15 @@ class Queue:
                 "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
                 " created_at, next_run_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)"
                 " ON CONFLICT (task, sha256, params, model) WHERE parent_id IS NULL DO NOTHING RETURNING id",
-                (item.task, params, model, item.path, item.sha256, item.size_bytes, now, now),
+                (item.task, params, model, source, item.sha256, item.size_bytes, now, now),
             ).scalar()
             outcome = "new"
             if job_id is None:
                 job_id, outcome = self._join_existing(conn, item, params, model, now)
         file_id = conn.exec_driver_sql(
-            "INSERT INTO files (job_id, path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
-            (job_id, item.path, item.size_bytes, item.mtime_ns, item.ctime_ns, item.inode,
+            "INSERT INTO files (job_id, path, raw_path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
+            " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+            (job_id, path, raw, item.size_bytes, item.mtime_ns, item.ctime_ns, item.inode,
              1 if outcome == "duplicate" else 0, now),
         ).scalar_one()
         return Enqueued(job_id, file_id, outcome)
@@ -186,7 +199,7 @@ class Queue:
         if row.status == FAILED:
             # Dropping a file again is how operators say "try this once more".
             conn.exec_driver_sql(
-                "UPDATE jobs SET status = 'queued', attempts = 0, next_run_at = ?, finished_at = NULL"
+                "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, next_run_at = ?, finished_at = NULL"
                 " WHERE id = ?", (now, row.id)
             )
             return row.id, "requeued"
@@ -194,24 +207,34 @@ class Queue:
 
     # -- the worker's side -------------------------------------------------------------
 
-    def claim(self, limit: int, task: Optional[str] = None) -> list[Job]:
-        """Lease up to `limit` ready jobs of one task (the task of the oldest ready job)."""
+    def claim(self, limit: int) -> list[Job]:
+        """Lease up to `limit` ready jobs of one task (the task of the oldest ready job).
+
+        A job that was running when a worker died is claimed alone, before anything else.
+        """
         now = utcnow()
-        params = {
-            "now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
-            "exp": iso(now + timedelta(seconds=self.lease_seconds)), "task": task,
-        }
-        with self.engine.begin() as conn:
+        params = {"now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
+                  "exp": iso(now + timedelta(seconds=self.lease_seconds))}
+        ready = "status = 'queued' AND next_run_at <= :now"
+        with write(self.engine) as conn:
+            solo = conn.exec_driver_sql(
+                f"SELECT id FROM jobs WHERE {ready} AND solo = 1 ORDER BY next_run_at, id LIMIT 1", params).scalar()
+            if solo is not None:
+                pick = "SELECT :solo"
+                params["solo"] = solo
+            else:
+                pick = (f"SELECT id FROM jobs WHERE {ready} AND task = (SELECT task FROM jobs WHERE {ready}"
+                        " ORDER BY next_run_at, id LIMIT 1) ORDER BY next_run_at, id LIMIT :limit")
             rows = conn.exec_driver_sql(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
                 " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp"
-                " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND next_run_at <= :now"
-                "   AND task = COALESCE(:task, (SELECT task FROM jobs WHERE status = 'queued'"
-                "       AND next_run_at <= :now ORDER BY next_run_at, id LIMIT 1))"
-                "   ORDER BY next_run_at, id LIMIT :limit)"
-                f" RETURNING {_JOB_COLUMNS}",
+                f" WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}",
                 params,
             ).all()
+            if rows:
+                marks = ",".join("?" * len(rows))
+                conn.exec_driver_sql(f"UPDATE jobs SET lease_batch = ? WHERE id IN ({marks})",
+                                     (len(rows), *(r.id for r in rows)))
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     def complete(self, done: Sequence[tuple[Job, ResultData]]) -> list[bool]:
@@ -219,29 +242,46 @@ class Queue:
 
         For each job: False when this worker no longer holds its lease (it expired and the
         job was handed on): then nothing is written for it and the caller must not touch its
-        files.
+        files. Raises StoreUnavailable (nothing written) when the database cannot take it.
         """
         now = now_iso()
-        out: list[bool] = []
-        with self.engine.begin() as conn:
-            for job, result in done:
-                updated = conn.exec_driver_sql(
-                    "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL, lease_owner = NULL,"
-                    " lease_pid = NULL, lease_expires_at = NULL"
-                    " WHERE id = ? AND status = 'running' AND lease_owner = ?",
-                    (now, job.id, self.owner),
-                ).rowcount
-                if updated:
-                    conn.exec_driver_sql(
-                        "INSERT INTO results (job_id, task, output, model, prompt_tokens, output_tokens,"
-                        " duration_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                        (job.id, job.task, result.output, job.model, result.prompt_tokens, result.output_tokens,
-                         result.duration_ms, now),
-                    )
-                    if result.spawn:
-                        self._spawn(conn, job, result, now)
-                out.append(bool(updated))
+        with write(self.engine) as conn:
+            return [self._complete_one(conn, job, result, now) for job, result in done]
+
+    def complete_each(self, done: Sequence[tuple[Job, ResultData]]) -> list[Optional[Exception]]:
+        """`complete` one job per transaction, so that a row the database refuses is that job's alone.
+
+        Returns, per job, None (stored or lease lost) or the error that refused it.
+        """
+        out: list[Optional[Exception]] = []
+        for job, result in done:
+            try:
+                with write(self.engine) as conn:
+                    self._complete_one(conn, job, result, now_iso())
+                out.append(None)
+            except StoreUnavailable:
+                raise
+            except exc.SQLAlchemyError as error:
+                out.append(error)
         return out
+
+    def _complete_one(self, conn: Connection, job: Job, result: ResultData, now: str) -> bool:
+        updated = conn.exec_driver_sql(
+            "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL, solo = 0, lease_owner = NULL,"
+            " lease_pid = NULL, lease_expires_at = NULL"
+            " WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (now, job.id, self.owner),
+        ).rowcount
+        if updated:
+            conn.exec_driver_sql(
+                "INSERT INTO results (job_id, task, output, model, prompt_tokens, output_tokens,"
+                " duration_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                (job.id, job.task, result.output, job.model, result.prompt_tokens, result.output_tokens,
+                 result.duration_ms, now),
+            )
+            if result.spawn:
+                self._spawn(conn, job, result, now)
+        return bool(updated)
 
     @staticmethod
     def _spawn(conn: Connection, parent: Job, result: ResultData, now: str) -> None:
@@ -267,17 +307,17 @@ class Queue:
         else:
             delay = backoff_delay(job.attempts, self.backoff_seconds, self.backoff_max_seconds)
             status, next_run = QUEUED, iso(now + timedelta(seconds=delay))
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             updated = conn.exec_driver_sql(
-                "UPDATE jobs SET status = ?, error = ?, next_run_at = ?, finished_at = ?, lease_owner = NULL,"
-                " lease_pid = NULL, lease_expires_at = NULL"
+                "UPDATE jobs SET status = ?, error = ?, next_run_at = ?, finished_at = ?, solo = 0,"
+                " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND status = 'running' AND lease_owner = ?",
                 (status, error, next_run, iso(now) if final else None, job.id, self.owner),
             ).rowcount
         return status if updated else None
 
     def release(self, job_ids: Optional[Sequence[int]] = None) -> int:
-        """Give leased jobs back untouched (a drain at shutdown): the attempt does not count.
+        """Give leased jobs back untouched (a drain at shutdown, a full disk): the attempt does not count.
 
         None: every job this worker holds, which is what a stop wants (a signal can land
         between the claim's commit and the caller learning the ids).
@@ -285,126 +325,85 @@ class Queue:
         sql = ("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL,"
                " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
                " WHERE status = 'running' AND lease_owner = ?")
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             if job_ids is None:
                 return conn.exec_driver_sql(sql, (self.owner,)).rowcount
             return sum(conn.exec_driver_sql(sql + " AND id = ?", (self.owner, jid)).rowcount for jid in job_ids)
 
     def recover(self, everything: bool = False) -> tuple[int, int]:
-        """Return jobs whose worker died to the queue (or fail them after max_attempts).
+        """Return jobs whose worker died to the queue; fail those that died alone max_attempts times.
 
         `everything=True` at daemon start-up, under the state lock: no other worker can be
         alive, so every `running` job is an orphan, expired or not.
         """
         now = iso(utcnow())
-        with self.engine.begin() as conn:
-            # Our own leases are never expired by us: they belong to the batch in flight,
-            # which may simply be slow (a long translation on a small CPU).
-            cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
-            failed = conn.exec_driver_sql(
-                "UPDATE jobs SET status = 'failed', finished_at = :now, lease_owner = NULL, lease_pid = NULL,"
-                " lease_expires_at = NULL, error = 'the worker stopped while running this job '"
-                " || attempts || ' time(s) (lease expired); giving up'"
-                f" WHERE {cond} AND attempts >= :max",
-                {"now": now, "max": self.max_attempts, "me": self.owner},
-            ).rowcount
-            requeued = conn.exec_driver_sql(
-                "UPDATE jobs SET status = 'queued', next_run_at = :now, lease_owner = NULL, lease_pid = NULL,"
-                f" lease_expires_at = NULL WHERE {cond}",
-                {"now": now, "me": self.owner},
-            ).rowcount
+        # Our own leases are never expired by us: they belong to the batch in flight, which
+        # may simply be slow (a long translation on a small CPU).
+        cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
+        with write(self.engine) as conn:
+            why = ("the worker process died while running this job alone" if everything
+                   else "the worker's lease expired while it ran this job alone")
+            return self._orphaned(conn, cond, {"now": now, "me": self.owner}, why)
+
+    def interrupted(self, job_ids: Sequence[int], error: str) -> tuple[int, int]:
+        """A batch of ours broke off without finishing (an unexpected error): handled as a crash would be."""
+        if not job_ids:
+            return 0, 0
+        marks = ",".join(str(int(j)) for j in job_ids)
+        with write(self.engine) as conn:
+            return self._orphaned(conn, f"status = 'running' AND lease_owner = :me AND id IN ({marks})",
+                                  {"now": now_iso(), "me": self.owner}, error)
+
+    def _orphaned(self, conn: Connection, cond: str, params: dict, error: str) -> tuple[int, int]:
+        """(requeued, failed) for running jobs matching `cond` whose worker is gone."""
+        params = {**params, "max": self.max_attempts, "error": error}
+        # Batch-mates: the crash was not theirs, the attempt is given back.
+        conn.exec_driver_sql(
+            f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND COALESCE(lease_batch, 2) > 1", params)
+        failed = conn.exec_driver_sql(
+            "UPDATE jobs SET status = 'failed', finished_at = :now, solo = 0, lease_owner = NULL, lease_pid = NULL,"
+            " lease_expires_at = NULL, error = :error || ', ' || attempts || ' time(s); giving up'"
+            f" WHERE {cond} AND attempts >= :max",
+            params,
+        ).rowcount
+        requeued = conn.exec_driver_sql(
+            "UPDATE jobs SET status = 'queued', solo = 1, next_run_at = :now, lease_owner = NULL, lease_pid = NULL,"
+            f" lease_expires_at = NULL WHERE {cond}",
+            params,
+        ).rowcount
         return requeued, failed
 
     def requeue(self, job_ids: Sequence[int]) -> list[int]:
         """Operator retry of failed jobs: a fresh set of attempts. Returns the ids requeued."""
         now = now_iso()
         done: list[int] = []
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             for jid in job_ids:
                 if conn.exec_driver_sql(
-                    "UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, next_run_at = ?,"
+                    "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, error = NULL, next_run_at = ?,"
                     " finished_at = NULL, started_at = NULL WHERE id = ? AND status = 'failed'",
                     (now, jid),
                 ).rowcount:
                     done.append(jid)
         return done
 
-    # -- files -------------------------------------------------------------------------
-
-    def files_of(self, job_ids: Sequence[int], state: str = "pending") -> dict[int, list[FileRecord]]:
-        """The file records of some jobs, by job id (every id present, perhaps with no files)."""
-        out: dict[int, list[FileRecord]] = {jid: [] for jid in job_ids}
-        if not job_ids:
-            return out
-        marks = ",".join("?" * len(job_ids))
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
-            rows = conn.exec_driver_sql(
-                "SELECT id, job_id, path, state, duplicate, moved_to, inode FROM files"
-                f" WHERE job_id IN ({marks}) AND state = ? ORDER BY id", (*job_ids, state)
-            ).all()
-        for r in rows:
-            out[r.job_id].append(FileRecord(r.id, r.job_id, r.path, r.state, bool(r.duplicate), r.moved_to, r.inode))
-        return out
-
-    def unsettled(self) -> list[tuple[FileRecord, str]]:
-        """Files still in the inbox although their job has finished (a crash after commit)."""
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
-            rows = conn.exec_driver_sql(
-                "SELECT f.id, f.job_id, f.path, f.state, f.duplicate, f.moved_to, f.inode, j.status FROM files f"
-                " JOIN jobs j ON j.id = f.job_id WHERE f.state = 'pending' AND j.status IN ('done', 'failed')"
-                " ORDER BY f.id"
-            ).all()
-        return [(FileRecord(r.id, r.job_id, r.path, r.state, bool(r.duplicate), r.moved_to, r.inode), r.status)
-                for r in rows]
-
-    def settle_files(self, settled: Sequence[tuple[int, str, Optional[str]]]) -> None:
-        """Record (file id, final state, where it went) for files that left the inbox."""
-        if not settled:
-            return
-        now = now_iso()
-        with self.engine.begin() as conn:
-            for file_id, state, moved_to in settled:
-                conn.exec_driver_sql(
-                    "UPDATE files SET state = ?, moved_to = ?, settled_at = ? WHERE id = ?",
-                    (state, moved_to, now, file_id),
-                )
-
-    def restore_file(self, file_id: int, path: str) -> bool:
-        """Put a settled file record back in the inbox at `path` (operator retry)."""
-        try:
-            with self.engine.begin() as conn:
-                return bool(conn.exec_driver_sql(
-                    "UPDATE files SET state = 'pending', path = ?, moved_to = NULL, settled_at = NULL WHERE id = ?",
-                    (path, file_id),
-                ).rowcount)
-        except exc.IntegrityError:
-            return False  # the daemon saw the file come back first and recorded it itself
-
-    def pending_fingerprints(self) -> dict[str, tuple]:
-        """path -> (inode, size, mtime_ns, ctime_ns) of every file still waiting in the inbox."""
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
-            rows = conn.exec_driver_sql(
-                "SELECT path, inode, size_bytes, mtime_ns, ctime_ns FROM files WHERE state = 'pending'"
-            ).all()
-        return {r.path: (r.inode, r.size_bytes, r.mtime_ns, r.ctime_ns) for r in rows}
-
     def job_status(self, job_id: int) -> Optional[tuple[str, Optional[str], int]]:
         """(status, error, attempts) of a job, or None."""
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        with read(self.engine) as conn:
             row = conn.exec_driver_sql("SELECT status, error, attempts FROM jobs WHERE id = ?", (job_id,)).first()
         return (row.status, row.error, row.attempts) if row else None
 
     def result_output(self, job_id: int) -> Optional[str]:
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        with read(self.engine) as conn:
             return conn.exec_driver_sql("SELECT output FROM results WHERE job_id = ?", (job_id,)).scalar()
 
     def queued_count(self) -> int:
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        with read(self.engine) as conn:
             return conn.exec_driver_sql("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").scalar_one()
 
     def next_ready_in(self) -> Optional[float]:
         """Seconds until the earliest queued job becomes ready (0 if one is ready), None if none."""
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        with read(self.engine) as conn:
             nxt = conn.exec_driver_sql("SELECT MIN(next_run_at) FROM jobs WHERE status = 'queued'").scalar()
         if nxt is None:
             return None

@@ -8,8 +8,9 @@ schema for queries; a test checks that they match what the migrations build.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, LargeBinary, MetaData, Table, Text
 
+from edged.store.db import read, write
 from edged.timeutil import now_iso
 
 metadata = MetaData()
@@ -35,6 +36,8 @@ jobs = Table(
     Column("lease_pid", Integer),
     Column("lease_expires_at", Text),
     Column("parent_id", Integer, ForeignKey("jobs.id")),
+    Column("lease_batch", Integer),
+    Column("solo", Integer, nullable=False),
 )
 
 results = Table(
@@ -66,6 +69,11 @@ files = Table(
     Column("received_at", Text, nullable=False),
     Column("settled_at", Text),
     Column("moved_to", Text),
+    Column("raw_path", LargeBinary),
+    Column("left_in_inbox", Integer, nullable=False),
+    Column("moved_inode", Integer),
+    Column("result_file", Text),
+    Column("settle_error", Text),
 )
 
 throughput = Table(
@@ -202,13 +210,35 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX jobs_identity ON jobs (task, sha256, params, model) WHERE parent_id IS NULL",
         "CREATE UNIQUE INDEX jobs_parent ON jobs (parent_id, task) WHERE parent_id IS NOT NULL",
     ],
+    # v4: what a file's trouble needs recorded so that it stays that file's own.
+    [
+        # The name's bytes when they are not UTF-8 (`path` then holds a readable form).
+        "ALTER TABLE files ADD COLUMN raw_path BLOB",
+        # Settled by a copy because the daemon may not remove it from a producer's folder:
+        # the original stays in the inbox, and intake knows it by this row.
+        "ALTER TABLE files ADD COLUMN left_in_inbox INTEGER NOT NULL DEFAULT 0",
+        # Where the input went and what it is there: retention deletes only that inode.
+        "ALTER TABLE files ADD COLUMN moved_inode INTEGER",
+        "ALTER TABLE files ADD COLUMN result_file TEXT",
+        # Why the last attempt to move it out of the inbox failed (upkeep tries again).
+        "ALTER TABLE files ADD COLUMN settle_error TEXT",
+        "CREATE INDEX files_left ON files (path) WHERE left_in_inbox = 1",
+        # Crash attribution: how many jobs were claimed together with this one, and whether
+        # it was running when a process died (then it runs alone until it ends).
+        "ALTER TABLE jobs ADD COLUMN lease_batch INTEGER",
+        "ALTER TABLE jobs ADD COLUMN solo INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class SchemaMismatch(RuntimeError):
+    """The database is not at this edged's schema, and only the daemon may change that."""
+
+
 def current_version(engine: Engine) -> int:
-    with engine.connect().execution_options(readonly=True) as conn:
+    with read(engine) as conn:
         exists = conn.exec_driver_sql(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
         ).first()
@@ -220,13 +250,13 @@ def current_version(engine: Engine) -> int:
 def migrate(engine: Engine) -> list[int]:
     """Apply every migration newer than the database; return the versions applied."""
     applied: list[int] = []
-    with engine.begin() as conn:  # BEGIN IMMEDIATE: two processes never migrate at once
+    with write(engine) as conn:  # BEGIN IMMEDIATE: two processes never migrate at once
         conn.exec_driver_sql(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
         have = conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
         if have > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise SchemaMismatch(
                 f"database schema v{have} is newer than this edged (v{SCHEMA_VERSION}); upgrade edged"
             )
         for version in range(have + 1, SCHEMA_VERSION + 1):
@@ -237,3 +267,15 @@ def migrate(engine: Engine) -> list[int]:
             )
             applied.append(version)
     return applied
+
+
+def require_current(engine: Engine) -> None:
+    """For the operator's commands: the schema as this edged knows it, or a message naming the fix."""
+    have = current_version(engine)
+    if have == 0:
+        raise SchemaMismatch("the database has no edged tables yet: the daemon creates them when it first starts")
+    if have < SCHEMA_VERSION:
+        raise SchemaMismatch(f"the database is at schema v{have}, this edged expects v{SCHEMA_VERSION}: restart the"
+                             " daemon once (only the daemon migrates), then run this again")
+    if have > SCHEMA_VERSION:
+        raise SchemaMismatch(f"database schema v{have} is newer than this edged (v{SCHEMA_VERSION}); upgrade edged")

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from sqlalchemy import Engine
 
+from edged.store.db import BUSY_TIMEOUT_MS, read, write
 from edged.timeutil import iso, now_iso
 
 
@@ -44,16 +45,13 @@ class Stats:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _read(self):  # noqa: ANN202 - a read-only connection context
-        return self.engine.connect().execution_options(readonly=True)
-
     def queued_by_task(self) -> dict[str, int]:
-        with self._read() as conn, conn.begin():
+        with read(self.engine) as conn:
             rows = conn.exec_driver_sql("SELECT task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY task").all()
         return {task: n for task, n in rows}
 
     def record(self, p: Period) -> None:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.exec_driver_sql(
                 "INSERT INTO throughput (period_start, period_end, jobs_done, jobs_failed, jobs_retried, batches,"
                 " prompt_tokens, output_tokens, engine_ms, avg_wait_ms, output_tok_per_s, queued, queued_by_task,"
@@ -67,7 +65,7 @@ class Stats:
     def set_runtime(self, **values: Any) -> None:
         """Facts only the daemon knows (model, provider, paused intake) for `edged status`."""
         now = now_iso()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             for key, value in values.items():
                 conn.exec_driver_sql(
                     "INSERT INTO runtime (key, value, updated_at) VALUES (?, ?, ?)"
@@ -76,50 +74,63 @@ class Stats:
                 )
 
     def runtime(self) -> dict[str, Any]:
-        with self._read() as conn, conn.begin():
+        with read(self.engine) as conn:
             rows = conn.exec_driver_sql("SELECT key, value FROM runtime").all()
         return {key: json.loads(value) for key, value in rows}
 
-    def checkpoint(self) -> tuple[int, int]:
+    def checkpoint(self, truncate_above_pages: int = 1000) -> tuple[int, int, bool]:
         """Fold the WAL back into the database and let SQLite refresh its planner statistics.
 
-        TRUNCATE also shrinks the -wal file, which otherwise stays at its high-water mark on a
-        small SD card. Returns (wal pages, pages checkpointed); a busy reader makes it partial,
-        which is harmless: the next run finishes it.
+        PASSIVE never waits: a reader holding an old snapshot just leaves part of the WAL for
+        next time. Only when that folded everything and the WAL has grown large is TRUNCATE
+        tried (to give an SD card its space back), with no busy wait, because TRUNCATE holds
+        off every writer while it waits for readers. Returns (wal pages, pages checkpointed,
+        whether a reader kept part of it).
         """
         raw = self.engine.raw_connection()
         try:
-            busy, log_pages, done = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, log_pages, done = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and log_pages >= truncate_above_pages and done == log_pages:
+                raw.execute("PRAGMA busy_timeout=0")
+                try:
+                    busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             raw.execute("PRAGMA optimize")
         finally:
             raw.close()
-        return log_pages, done
+        return log_pages, done, bool(busy) or (log_pages >= 0 and done < log_pages)
 
-    def expired(self, before: datetime, include_failed: bool) -> list[tuple[int, list[str]]]:
-        """Finished jobs older than `before`, with where their files went (done/ or failed/)."""
+    def expired(self, before: datetime, include_failed: bool) -> list[tuple[int, list[tuple[str, Optional[int]]]]]:
+        """Finished jobs older than `before`, with where their files went (done/ or failed/) and the
+        inode found there. Jobs whose original still sits in the inbox (settled by a copy) are kept:
+        their row is what tells intake not to take the file again."""
         states = "('done', 'failed')" if include_failed else "('done')"
-        with self._read() as conn, conn.begin():
+        with read(self.engine) as conn:
             rows = conn.exec_driver_sql(
-                f"SELECT j.id, f.moved_to FROM jobs j LEFT JOIN files f ON f.job_id = j.id"
+                f"SELECT j.id, f.moved_to, COALESCE(f.moved_inode, f.inode) AS inode FROM jobs j"
+                f" LEFT JOIN files f ON f.job_id = j.id"
                 f" WHERE j.status IN {states} AND j.finished_at < :before"
                 # A parent goes only with its children (ON DELETE CASCADE): only when every
                 # child is itself due (finished, old enough, and of a state being deleted).
                 f" AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id"
                 f"   AND (c.status NOT IN {states} OR c.finished_at >= :before))"
+                " AND NOT EXISTS (SELECT 1 FROM files k WHERE k.job_id = j.id AND (k.left_in_inbox = 1"
+                "   OR k.state = 'pending'))"
                 " ORDER BY j.id",
                 {"before": iso(before)},
             ).all()
-        out: dict[int, list[str]] = {}
-        for job_id, moved_to in rows:
+        out: dict[int, list[tuple[str, Optional[int]]]] = {}
+        for job_id, moved_to, inode in rows:
             out.setdefault(job_id, [])
             if moved_to:
-                out[job_id].append(moved_to)
+                out[job_id].append((moved_to, inode))
         return list(out.items())
 
     def delete_jobs(self, job_ids: list[int]) -> int:
         """Delete jobs with their results and file rows (ON DELETE CASCADE)."""
         deleted = 0
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             for start in range(0, len(job_ids), 500):
                 part = job_ids[start:start + 500]
                 marks = ",".join("?" * len(part))
@@ -133,5 +144,5 @@ class Stats:
         return deleted
 
     def prune_throughput(self, before: datetime) -> int:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             return conn.exec_driver_sql("DELETE FROM throughput WHERE period_end < ?", (iso(before),)).rowcount

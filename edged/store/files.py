@@ -1,0 +1,160 @@
+"""File records: every file dropped into the inbox is a row, from intake until it is settled.
+
+A record keeps what identified the file at intake (inode, size, mtime), so that the worker
+reads and the settler moves that file and never "whatever is at the path now". Names that
+are not UTF-8 are stored twice: a readable form in `path` (what SQL users see) and the exact
+bytes in `raw_path` (what the file system needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from sqlalchemy import Engine, exc
+
+from edged.pathnames import displayable, real, storable
+from edged.store.db import read, write
+from edged.timeutil import now_iso
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: int
+    job_id: int
+    path: str  # relative to the inbox, as the file system knows it (may hold surrogate escapes)
+    state: str
+    duplicate: bool
+    moved_to: Optional[str] = None
+    inode: Optional[int] = None
+    size_bytes: Optional[int] = None
+    mtime_ns: Optional[int] = None
+    moved_inode: Optional[int] = None
+    left_in_inbox: bool = False  # settled by a copy: the original is still in the inbox
+
+    @property
+    def display(self) -> str:
+        return displayable(self.path)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How one file record ended: moved (or copied) to done/ or failed/, or gone."""
+
+    file_id: int
+    state: str  # done | failed | missing | superseded
+    moved_to: Optional[str] = None
+    moved_inode: Optional[int] = None
+    result_file: Optional[str] = None
+    left_in_inbox: bool = False  # copied, because the daemon may not remove the original
+
+
+_COLUMNS = ("f.id, f.job_id, f.path, f.raw_path, f.state, f.duplicate, f.moved_to, f.inode, f.size_bytes, f.mtime_ns,"
+            " f.moved_inode, f.left_in_inbox")
+
+
+def _record(r) -> FileRecord:  # noqa: ANN001 - a SQLAlchemy Row
+    return FileRecord(r.id, r.job_id, real(r.path, r.raw_path), r.state, bool(r.duplicate), r.moved_to, r.inode,
+                      r.size_bytes, r.mtime_ns, r.moved_inode, bool(r.left_in_inbox))
+
+
+class FileRecords:
+    """The file half of the store (mixed into Queue, which owns the engine)."""
+
+    engine: Engine
+
+    def files_of(self, job_ids: Sequence[int], state: str = "pending") -> dict[int, list[FileRecord]]:
+        """The file records of some jobs, by job id (every id present, perhaps with no files)."""
+        out: dict[int, list[FileRecord]] = {jid: [] for jid in job_ids}
+        for start in range(0, len(job_ids), 500):
+            part = list(job_ids[start:start + 500])
+            marks = ",".join("?" * len(part))
+            with read(self.engine) as conn:
+                rows = conn.exec_driver_sql(
+                    f"SELECT {_COLUMNS} FROM files f WHERE f.job_id IN ({marks}) AND f.state = ? ORDER BY f.id",
+                    (*part, state),
+                ).all()
+            for r in rows:
+                out[r.job_id].append(_record(r))
+        return out
+
+    def unsettled(self) -> list[tuple[FileRecord, str]]:
+        """Files still in the inbox although their job has finished (a crash or a failed move)."""
+        with read(self.engine) as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT {_COLUMNS}, j.status FROM files f JOIN jobs j ON j.id = f.job_id"
+                " WHERE f.state = 'pending' AND j.status IN ('done', 'failed') ORDER BY f.id"
+            ).all()
+        return [(_record(r), r.status) for r in rows]
+
+    def settle_files(self, settled: Sequence[Settled]) -> None:
+        """Record how files left the inbox; a record that is no longer pending is left as it is."""
+        if not settled:
+            return
+        now = now_iso()
+        with write(self.engine) as conn:
+            for s in settled:
+                conn.exec_driver_sql(
+                    "UPDATE files SET state = ?, moved_to = ?, moved_inode = ?, result_file = ?, left_in_inbox = ?,"
+                    " settle_error = NULL, settled_at = ? WHERE id = ? AND state = 'pending'",
+                    (s.state, s.moved_to, s.moved_inode, s.result_file, int(s.left_in_inbox), now, s.file_id),
+                )
+
+    def settle_trouble(self, file_id: int, error: str) -> None:
+        """Why a finished job's file could not leave the inbox yet (shown by status; retried by upkeep)."""
+        with write(self.engine) as conn:
+            conn.exec_driver_sql("UPDATE files SET settle_error = ? WHERE id = ? AND state = 'pending'",
+                                 (error, file_id))
+
+    def supersede(self, file_id: int) -> bool:
+        """The file at a record's path is no longer the one recorded (replaced, rewritten, gone)."""
+        with write(self.engine) as conn:
+            return bool(conn.exec_driver_sql(
+                "UPDATE files SET state = 'superseded', settled_at = ? WHERE id = ? AND state = 'pending'",
+                (now_iso(), file_id)).rowcount)
+
+    def refresh_file(self, file_id: int, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> None:
+        """The recorded bytes, found under another inode at the same path: the record follows the file."""
+        with write(self.engine) as conn:
+            conn.exec_driver_sql(
+                "UPDATE files SET inode = ?, size_bytes = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ? AND state = 'pending'",
+                (inode, size, mtime_ns, ctime_ns, file_id))
+
+    def restore_file(self, file_id: int, path: str) -> bool:
+        """Put a settled file record back in the inbox at `path` (operator retry)."""
+        text, raw = storable(path)
+        try:
+            with write(self.engine) as conn:
+                return bool(conn.exec_driver_sql(
+                    "UPDATE files SET state = 'pending', path = ?, raw_path = ?, moved_to = NULL, moved_inode = NULL,"
+                    " result_file = NULL, left_in_inbox = 0, settle_error = NULL, settled_at = NULL WHERE id = ?",
+                    (text, raw, file_id),
+                ).rowcount)
+        except exc.IntegrityError:
+            return False  # the daemon saw the file come back first and recorded it itself
+
+    def pending_fingerprints(self) -> dict[str, tuple]:
+        """path -> (inode, size, mtime_ns, ctime_ns) of every file intake need not look at again.
+
+        That is every file still waiting in the inbox, and every file settled by a copy whose
+        original the daemon was not allowed to remove.
+        """
+        with read(self.engine) as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT path, raw_path, inode, size_bytes, mtime_ns, ctime_ns FROM files"
+                " WHERE state = 'pending' OR left_in_inbox = 1 ORDER BY id"
+            ).all()
+        return {real(r.path, r.raw_path): (r.inode, r.size_bytes, r.mtime_ns, r.ctime_ns) for r in rows}
+
+    def left_in_inbox(self) -> list[tuple[int, str, Optional[int]]]:
+        """(file id, path, inode) of originals left in the inbox after a copy."""
+        with read(self.engine) as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT id, path, raw_path, inode FROM files WHERE left_in_inbox = 1 ORDER BY id").all()
+        return [(r.id, real(r.path, r.raw_path), r.inode) for r in rows]
+
+    def forget_left(self, file_ids: Sequence[int]) -> None:
+        """Originals the producer has since removed: nothing of them is left in the inbox."""
+        with write(self.engine) as conn:
+            for fid in file_ids:
+                conn.exec_driver_sql("UPDATE files SET left_in_inbox = 0 WHERE id = ?", (fid,))
