@@ -1,30 +1,34 @@
 """File names as the store keeps them and as messages show them.
 
 Linux names are bytes; Python holds names that are not UTF-8 with surrogate escapes, which
-neither SQLite nor JSON can carry. The store keeps a readable form (bytes shown as \\xNN) and,
-for such names only, the exact bytes beside it.
+neither SQLite's text nor JSON can carry. The store keeps such a name as a BLOB of its exact
+bytes (SQLite columns take either), and messages show it with the bytes as \\xNN.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Union
+
+Stored = Union[str, bytes]
 
 
-def storable(path: str) -> tuple[str, Optional[bytes]]:
-    """(readable text, raw bytes or None when the text is exact) of a path as Python holds it."""
+def to_db(path: Optional[str]) -> Optional[Stored]:
+    """What the store keeps for a path: the text, or its bytes when they are not UTF-8."""
+    if path is None:
+        return None
     raw = os.fsencode(path)
     try:
-        return raw.decode("utf-8"), None
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace"), raw
+        return raw
+
+
+def from_db(value: Optional[Stored]) -> Optional[str]:
+    """The path as the file system knows it, from what the store kept."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def displayable(path: str) -> str:
     """A path fit for logs, JSON and SQL text: bytes that are not UTF-8 shown as \\xNN."""
-    return storable(path)[0]
-
-
-def real(path: str, raw: Optional[bytes]) -> str:
-    """The path as the file system knows it, from what the store kept."""
-    return os.fsdecode(raw) if raw is not None else path
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

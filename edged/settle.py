@@ -120,8 +120,12 @@ class Settler:
         result = None
         try:
             if output is not None:
-                result = self.files.write_result(rec.path, task, output)
                 moved = self.files.move_out(rec.path, "done", rec.inode, rec.size_bytes, rec.mtime_ns)
+                # Only an input that reached done/ gets a result file (one replaced or removed
+                # meanwhile has its result in the database): a crash before this line is
+                # finished by reconcile, which finds the moved file by inode.
+                if moved.state in ("moved", "copied"):
+                    result = self.files.write_result(rec.path, task, output)
             else:
                 info = {"job_id": rec.job_id, "task": task, "source": f"inbox/{rec.display}", "error": error,
                         "attempts": attempts, "failed_at": now_iso()}

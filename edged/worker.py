@@ -222,6 +222,9 @@ class Worker:
         if changes:
             raise InputError(f"the input changed before it ran: {changes[0]} (whatever is at the path now is taken"
                              " in as a new file)")
+        if self.queue.files_of([job.id], state="superseded")[job.id]:
+            raise InputError("the input changed before it ran: it was replaced or rewritten, and its new content"
+                             " is queued as a job of its own")
         raise InputError("the input file vanished from the inbox before it ran")
 
     def _prepare(self, task: tasks.Task, job: Job, files: list[FileRecord], report: BatchReport) -> Optional[_Item]:

@@ -78,11 +78,13 @@ class DaemonProcess:
         env.pop("EDGED_CONFIG", None)
         return env
 
-    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "DaemonProcess":
+    def start(self, wait_ready: bool = True, timeout: float = 30.0, umask: Optional[int] = None) -> "DaemonProcess":
+        """`umask`: as the unit sets it (UMask=0007), instead of the test runner's."""
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged", "run", "-c", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
+            preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
         )
         if wait_ready:
             self.wait_for_event("ready", timeout)
@@ -110,7 +112,12 @@ class DaemonProcess:
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
+        return self.reap()
+
+    def reap(self, timeout: float = 30) -> int:
+        """Wait for the process to end (it may already have); its exit status."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
         self._log.close()
         return code
 
@@ -136,12 +143,13 @@ class DaemonProcess:
         finally:
             con.close()
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition",
+                   stop_on_exit: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
-            if self.proc and self.proc.poll() is not None:
+            if stop_on_exit and self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log_path.read_text()[-4000:]}")
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}:\n{self.log_path.read_text()[-4000:]}")

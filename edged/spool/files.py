@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import stat
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -61,20 +62,24 @@ class SpoolFiles:
         """
         parts = rel.split("/")
         sub, name = parts[:-1], parts[-1]
-        try:
-            with self.fs.folder(["inbox", *sub]) as src:
-                st = lstat_at(src, name)
-                if st is None:
-                    return self._find_moved(area, sub, name, inode)
-                if inode is not None and st.st_ino != inode:
-                    return Moved("changed", note="replaced by another file after it was queued")
-                if stat.S_ISREG(st.st_mode) and ((size is not None and st.st_size != size)
-                                                 or (mtime_ns is not None and st.st_mtime_ns != mtime_ns)):
-                    return Moved("changed", note="rewritten after it was read")
-                with self.fs.folder([area, *sub], create_mode=DIR_MODE) as dst:
-                    return self._rename_out(src, name, st, dst, area, sub)
-        except (UnsafePath, FileNotFoundError, NotADirectoryError):
-            return self._find_moved(area, sub, name, inode)
+        with ExitStack() as stack:
+            try:
+                src = stack.enter_context(self.fs.folder(["inbox", *sub]))
+            except (UnsafePath, FileNotFoundError, NotADirectoryError):
+                return self._find_moved(area, sub, name, inode)  # its folder is gone or now a link
+            st = lstat_at(src, name)
+            if st is None:
+                return self._find_moved(area, sub, name, inode)
+            if inode is not None and st.st_ino != inode:
+                return Moved("changed", note="replaced by another file after it was queued")
+            if stat.S_ISREG(st.st_mode) and ((size is not None and st.st_size != size)
+                                             or (mtime_ns is not None and st.st_mtime_ns != mtime_ns)):
+                return Moved("changed", note="rewritten after it was read")
+            # Trouble on the way in (a file or link where a folder should be) is raised: the
+            # input stays where it is, and the settler tries again later.
+            dst = stack.enter_context(self.fs.folder([area, *sub], create_mode=DIR_MODE))
+            return self._rename_out(src, name, st, dst, area, sub)
+        raise AssertionError("unreachable")
 
     def _rename_out(self, src: int, name: str, st: os.stat_result, dst: int, area: str, sub: list[str]) -> Moved:
         for cand in candidates(name):

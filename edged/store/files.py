@@ -1,9 +1,8 @@
 """File records: every file dropped into the inbox is a row, from intake until it is settled.
 
 A record keeps what identified the file at intake (inode, size, mtime), so that the worker
-reads and the settler moves that file and never "whatever is at the path now". Names that
-are not UTF-8 are stored twice: a readable form in `path` (what SQL users see) and the exact
-bytes in `raw_path` (what the file system needs).
+reads and the settler moves that file and never "whatever is at the path now". A name that
+is not UTF-8 is kept as a BLOB of its bytes (pathnames.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Optional, Sequence
 
 from sqlalchemy import Engine, exc
 
-from edged.pathnames import displayable, real, storable
+from edged.pathnames import displayable, from_db, to_db
 from edged.store.db import read, write
 from edged.timeutil import now_iso
 
@@ -49,12 +48,12 @@ class Settled:
     left_in_inbox: bool = False  # copied, because the daemon may not remove the original
 
 
-_COLUMNS = ("f.id, f.job_id, f.path, f.raw_path, f.state, f.duplicate, f.moved_to, f.inode, f.size_bytes, f.mtime_ns,"
+_COLUMNS = ("f.id, f.job_id, f.path, f.state, f.duplicate, f.moved_to, f.inode, f.size_bytes, f.mtime_ns,"
             " f.moved_inode, f.left_in_inbox")
 
 
 def _record(r) -> FileRecord:  # noqa: ANN001 - a SQLAlchemy Row
-    return FileRecord(r.id, r.job_id, real(r.path, r.raw_path), r.state, bool(r.duplicate), r.moved_to, r.inode,
+    return FileRecord(r.id, r.job_id, from_db(r.path), r.state, bool(r.duplicate), r.moved_to, r.inode,
                       r.size_bytes, r.mtime_ns, r.moved_inode, bool(r.left_in_inbox))
 
 
@@ -97,7 +96,8 @@ class FileRecords:
                 conn.exec_driver_sql(
                     "UPDATE files SET state = ?, moved_to = ?, moved_inode = ?, result_file = ?, left_in_inbox = ?,"
                     " settle_error = NULL, settled_at = ? WHERE id = ? AND state = 'pending'",
-                    (s.state, s.moved_to, s.moved_inode, s.result_file, int(s.left_in_inbox), now, s.file_id),
+                    (s.state, to_db(s.moved_to), s.moved_inode, to_db(s.result_file), int(s.left_in_inbox), now,
+                     s.file_id),
                 )
 
     def settle_trouble(self, file_id: int, error: str) -> None:
@@ -122,13 +122,12 @@ class FileRecords:
 
     def restore_file(self, file_id: int, path: str) -> bool:
         """Put a settled file record back in the inbox at `path` (operator retry)."""
-        text, raw = storable(path)
         try:
             with write(self.engine) as conn:
                 return bool(conn.exec_driver_sql(
-                    "UPDATE files SET state = 'pending', path = ?, raw_path = ?, moved_to = NULL, moved_inode = NULL,"
+                    "UPDATE files SET state = 'pending', path = ?, moved_to = NULL, moved_inode = NULL,"
                     " result_file = NULL, left_in_inbox = 0, settle_error = NULL, settled_at = NULL WHERE id = ?",
-                    (text, raw, file_id),
+                    (to_db(path), file_id),
                 ).rowcount)
         except exc.IntegrityError:
             return False  # the daemon saw the file come back first and recorded it itself
@@ -141,17 +140,17 @@ class FileRecords:
         """
         with read(self.engine) as conn:
             rows = conn.exec_driver_sql(
-                "SELECT path, raw_path, inode, size_bytes, mtime_ns, ctime_ns FROM files"
+                "SELECT path, inode, size_bytes, mtime_ns, ctime_ns FROM files"
                 " WHERE state = 'pending' OR left_in_inbox = 1 ORDER BY id"
             ).all()
-        return {real(r.path, r.raw_path): (r.inode, r.size_bytes, r.mtime_ns, r.ctime_ns) for r in rows}
+        return {from_db(r.path): (r.inode, r.size_bytes, r.mtime_ns, r.ctime_ns) for r in rows}
 
     def left_in_inbox(self) -> list[tuple[int, str, Optional[int]]]:
         """(file id, path, inode) of originals left in the inbox after a copy."""
         with read(self.engine) as conn:
             rows = conn.exec_driver_sql(
-                "SELECT id, path, raw_path, inode FROM files WHERE left_in_inbox = 1 ORDER BY id").all()
-        return [(r.id, real(r.path, r.raw_path), r.inode) for r in rows]
+                "SELECT id, path, inode FROM files WHERE left_in_inbox = 1 ORDER BY id").all()
+        return [(r.id, from_db(r.path), r.inode) for r in rows]
 
     def forget_left(self, file_ids: Sequence[int]) -> None:
         """Originals the producer has since removed: nothing of them is left in the inbox."""

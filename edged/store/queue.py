@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, exc
 
 from edged.store.db import read, write
 from edged.store.errors import StoreUnavailable
-from edged.pathnames import storable
+from edged.pathnames import displayable, to_db
 from edged.store.files import FileRecords
 from edged.timeutil import iso, now_iso, parse_iso, utcnow
 
@@ -138,7 +138,7 @@ class Queue(FileRecords):
         return out
 
     def _enqueue_one(self, conn: Connection, item: NewFile, model: str, now: str) -> Enqueued:
-        path, raw = storable(item.path)
+        path = to_db(item.path)
         pending = conn.exec_driver_sql(
             "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256 FROM files f"
             " JOIN jobs j ON j.id = f.job_id WHERE f.path = ? AND f.state = 'pending'", (path,)
@@ -161,7 +161,7 @@ class Queue(FileRecords):
                 "UPDATE files SET state = 'superseded', settled_at = ? WHERE id = ?", (now, pending.id)
             )
         params = canonical_params(item.params)
-        source = path
+        source = displayable(item.path)  # jobs.source_path is for people: always text
         if item.refused is not None:
             job_id = conn.exec_driver_sql(
                 "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
@@ -181,9 +181,9 @@ class Queue(FileRecords):
             if job_id is None:
                 job_id, outcome = self._join_existing(conn, item, params, model, now)
         file_id = conn.exec_driver_sql(
-            "INSERT INTO files (job_id, path, raw_path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
-            (job_id, path, raw, item.size_bytes, item.mtime_ns, item.ctime_ns, item.inode,
+            "INSERT INTO files (job_id, path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
+            " received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+            (job_id, path, item.size_bytes, item.mtime_ns, item.ctime_ns, item.inode,
              1 if outcome == "duplicate" else 0, now),
         ).scalar_one()
         return Enqueued(job_id, file_id, outcome)

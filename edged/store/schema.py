@@ -8,7 +8,7 @@ schema for queries; a test checks that they match what the migrations build.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, LargeBinary, MetaData, Table, Text
+from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, MetaData, Table, Text
 
 from edged.store.db import read, write
 from edged.timeutil import now_iso
@@ -69,7 +69,6 @@ files = Table(
     Column("received_at", Text, nullable=False),
     Column("settled_at", Text),
     Column("moved_to", Text),
-    Column("raw_path", LargeBinary),
     Column("left_in_inbox", Integer, nullable=False),
     Column("moved_inode", Integer),
     Column("result_file", Text),
@@ -210,10 +209,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX jobs_identity ON jobs (task, sha256, params, model) WHERE parent_id IS NULL",
         "CREATE UNIQUE INDEX jobs_parent ON jobs (parent_id, task) WHERE parent_id IS NOT NULL",
     ],
-    # v4: what a file's trouble needs recorded so that it stays that file's own.
+    # v4: what a file's trouble needs recorded so that it stays that file's own. (From v4 on,
+    # files.path, moved_to and result_file hold a BLOB of the name's bytes when they are not
+    # UTF-8; jobs.source_path holds a readable form with the bytes as \\xNN.)
     [
-        # The name's bytes when they are not UTF-8 (`path` then holds a readable form).
-        "ALTER TABLE files ADD COLUMN raw_path BLOB",
         # Settled by a copy because the daemon may not remove it from a producer's folder:
         # the original stays in the inbox, and intake knows it by this row.
         "ALTER TABLE files ADD COLUMN left_in_inbox INTEGER NOT NULL DEFAULT 0",

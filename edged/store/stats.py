@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from sqlalchemy import Engine
 
+from edged.pathnames import from_db
 from edged.store.db import BUSY_TIMEOUT_MS, read, write
 from edged.timeutil import iso, now_iso
 
@@ -124,7 +125,7 @@ class Stats:
         for job_id, moved_to, inode in rows:
             out.setdefault(job_id, [])
             if moved_to:
-                out[job_id].append((moved_to, inode))
+                out[job_id].append((from_db(moved_to), inode))
         return list(out.items())
 
     def delete_jobs(self, job_ids: list[int]) -> int:

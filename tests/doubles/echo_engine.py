@@ -3,13 +3,18 @@
 Loaded by the daemon through `model.engine: "echo_engine:create"` with tests/doubles on
 PYTHONPATH. Options (model.options): name, delay_s (per batch), fail_on (raise when a
 prompt contains this text), batch_fail (raise for any batch larger than 1), mode ("digest":
-a hash of the prompt; "echo": the prompt itself), context_length, instruction_tuned, and
-empty_on / loop_on (a prompt containing this text gets an empty / looping output).
+a hash of the prompt; "echo": the prompt itself), context_length, instruction_tuned,
+empty_on / loop_on (a prompt containing this text gets an empty / looping output), crash_on
+(the process dies by SIGKILL, as in a native crash or an OOM kill, when a prompt contains this
+text), and calls_file (a line "start <pid> <n>" before and "end <pid> <n>" after each call, so
+that a test or a benchmark can tell when a batch is in the model).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from typing import Any, Sequence
 
@@ -29,6 +34,8 @@ class EchoEngine:
         self.instruction_tuned = bool(options.get("instruction_tuned", True))
         self.empty_on = options.get("empty_on")
         self.loop_on = options.get("loop_on")
+        self.crash_on = options.get("crash_on")
+        self.calls_file = options.get("calls_file")
         self.calls: list[int] = []
         self.prompts: list[str] = []
 
@@ -38,11 +45,24 @@ class EchoEngine:
         return ModelInfo(self.name, self.context_length, self.instruction_tuned,
                          lambda text: len(text.split()) + 1)
 
+    def _mark(self, what: str, n: int) -> None:
+        if self.calls_file:
+            with open(self.calls_file, "a") as fh:
+                fh.write(f"{what} {os.getpid()} {n}\n")
+
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         self.calls.append(len(requests))
         self.prompts.extend(r.text for r in requests)
+        self._mark("start", len(requests))
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.crash_on and any(self.crash_on in r.text for r in requests):
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = self._outputs(requests)
+        self._mark("end", len(requests))
+        return out
+
+    def _outputs(self, requests: Sequence[Request]) -> list[Generation]:
         if self.batch_fail and len(requests) > 1:
             raise EngineError("batch refused by the test double")
         out = []
