@@ -83,7 +83,9 @@ def cmd_doctor(args: argparse.Namespace) -> ExitCode:
         print(f"FAIL  config      {exc}")
         return ExitCode.CHECK_FAILED
     from edged.commands import as_database_owner
+    from edged.commands.doctor import preload
 
+    preload()
     with as_database_owner(settings):  # root sees what the daemon's user would
         return doctor(settings, as_json=args.json)
 

@@ -206,7 +206,7 @@ class Worker:
             except InputChanged as exc:
                 if not exc.removed:
                     changes.append(str(exc))
-                self.queue.supersede(rec.id)
+                self.queue.supersede(rec.id, "missing" if exc.removed else "superseded")
                 continue
             if hashlib.sha256(data).hexdigest() != job.sha256:
                 # Not the bytes this job was queued for: the file was rewritten or replaced.

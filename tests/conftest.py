@@ -71,6 +71,7 @@ class DaemonProcess:
         self.proc: Optional[subprocess.Popen] = None
         self.db_path = Path(config["state_dir"]) / "edged.db"
         self.spool = Path(config["spool_dir"])
+        self.prefix: list[str] = []  # a command that runs the daemon as another user (tests/users.py)
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -82,7 +83,7 @@ class DaemonProcess:
         """`umask`: as the unit sets it (UMask=0007), instead of the test runner's."""
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "-c", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "edged", "run", "-c", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
             preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
         )

@@ -42,6 +42,10 @@ def as_database_owner(settings: Settings) -> Iterator[None]:
     if os.geteuid() != 0 or st is None or st.st_uid == 0:
         yield
         return
+    # Loaded lazily elsewhere: load them while root may still read wherever Python lives.
+    import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401
+    import sqlite3  # noqa: F401
+
     os.setegid(st.st_gid)
     os.seteuid(st.st_uid)
     try:
@@ -51,20 +55,34 @@ def as_database_owner(settings: Settings) -> Iterator[None]:
         os.setegid(0)
 
 
+def _may_write(db: Path) -> bool:
+    """Whether SQLite could write `db` as this user: the file, and its -wal/-shm or their folder."""
+    def ok(p: Path) -> bool:
+        return os.access(p, os.W_OK, effective_ids=True)
+
+    side = [Path(f"{db}-wal"), Path(f"{db}-shm")]
+    return ok(db) and all(ok(p) for p in side if p.exists()) and (all(p.exists() for p in side) or ok(db.parent))
+
+
 def command_parts(settings: Settings, access: Access) -> Parts:
     """The parts a command needs, or a CliError whose message names the fix."""
     path = sqlite_path(settings.database_url)
     try:
         parts = open_parts(settings, access)
-        with read(parts.queue.engine) as conn:  # open now: a permission problem shows here, not mid-command
+        # Open now, so that a permission problem shows here and not halfway through a command.
+        with read(parts.queue.engine) as conn:
             conn.exec_driver_sql("SELECT 1 FROM jobs LIMIT 1").all()
+        if access == "write" and path is not None and not _may_write(path):
+            # SQLite makes the database 0640 under the unit's umask: the spool group reads it,
+            # only the daemon's user writes it.
+            raise PermissionError(f"{path} is not writable by this user")
     except DatabaseMissing as error:
         raise CliError(str(error), ExitCode.NOT_FOUND) from None
     except SchemaMismatch as error:
         raise CliError(str(error), ExitCode.ERROR) from None
     except (exc.OperationalError, StoreUnavailable, PermissionError) as error:
         owner = _owner_name(Path(path).stat().st_uid) if path is not None and path.exists() else "edged"
-        raise CliError(f"cannot open the database {path} as {_owner_name(os.geteuid())}"
+        raise CliError(f"cannot use the database {path} as {_owner_name(os.geteuid())}"
                        f" ({getattr(error, 'orig', error)}): run the command as its owner, e.g."
                        f" sudo -u {owner} edged …", ExitCode.NO_ACCESS) from None
     return parts

@@ -117,6 +117,14 @@ def _model(settings: Settings) -> tuple[str, str]:
     return FAIL, f"no model at {settings.model_dir} ({MANIFEST} missing)"
 
 
+def preload() -> None:
+    """Import what the checks use before a root caller takes the database owner's identity."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass  # the check reports it
+
+
 def doctor(settings: Settings, as_json: bool = False) -> ExitCode:
     from edged.cli import emit_json
 

@@ -18,6 +18,7 @@ from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.pathnames import displayable
 from edged.spool import SpoolLayout, UnsafePath, candidates
+from edged.spool.watch import Deferred
 from edged.spool.root import FILE_MODE, INBOX_DIR_MODE, TEMP_PREFIX, rename_noreplace
 from edged.tasks.languages import accepted, normalise
 from edged.wiring import Parts, build_layout
@@ -96,6 +97,12 @@ def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[
             return code
         intake = parts.intake(settings)
         for rel in copied:
-            for item, res in intake.take([layout.inbox_path(rel)]):
+            try:
+                taken = intake.take([layout.inbox_path(rel)])
+            except Deferred:
+                taken = []
+            for item, res in taken:
                 print(f"{res.job_id}\t{displayable(item.path)}\t{res.outcome}")
+            if not taken:
+                print(f"-\t{displayable(rel)}\tspooled")
     return code

@@ -27,7 +27,7 @@ def open_queue(url: str, *, owner: Optional[str] = None, readonly: bool = False,
     commands never change its shape: `migrate_schema=False` requires the current schema as it
     is, and `readonly=True` also never writes or creates anything.
     """
-    engine = open_engine(url, readonly=readonly)
+    engine = open_engine(url, readonly=readonly, create=migrate_schema)
     if migrate_schema and not readonly:
         migrate(engine)
     else:

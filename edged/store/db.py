@@ -45,11 +45,12 @@ def _readonly_url(path: Path, immutable: bool) -> str:
     return f"sqlite:///file:{quote(str(path))}?mode=ro{'&immutable=1' if immutable else ''}&uri=true"
 
 
-def open_engine(url: str, readonly: bool = False) -> Engine:
+def open_engine(url: str, readonly: bool = False, create: bool = True) -> Engine:
+    """`create=False` (and `readonly`): DatabaseMissing instead of making a new file."""
     path = sqlite_path(url)
+    if (readonly or not create) and (path is None or not path.is_file()):
+        raise DatabaseMissing(f"no database at {path or url} yet: the daemon creates it when it first starts")
     if readonly:
-        if path is None or not path.is_file():
-            raise DatabaseMissing(f"no database at {path or url} yet: the daemon creates it when it first starts")
         # A WAL database has its -wal file while any connection is open. Without one, nobody
         # is writing and everything is folded into the main file: read it as immutable, which
         # needs no -shm (a group member cannot create one in the daemon's state folder, and
@@ -58,7 +59,7 @@ def open_engine(url: str, readonly: bool = False) -> Engine:
         engine = create_engine(_readonly_url(path, immutable), poolclass=NullPool,
                                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
     else:
-        if path is not None:
+        if path is not None and create:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
 

@@ -106,12 +106,13 @@ class FileRecords:
             conn.exec_driver_sql("UPDATE files SET settle_error = ? WHERE id = ? AND state = 'pending'",
                                  (error, file_id))
 
-    def supersede(self, file_id: int) -> bool:
-        """The file at a record's path is no longer the one recorded (replaced, rewritten, gone)."""
+    def supersede(self, file_id: int, state: str = "superseded") -> bool:
+        """The file at a record's path is no longer the one recorded: replaced or rewritten
+        ('superseded'), or gone ('missing')."""
         with write(self.engine) as conn:
             return bool(conn.exec_driver_sql(
-                "UPDATE files SET state = 'superseded', settled_at = ? WHERE id = ? AND state = 'pending'",
-                (now_iso(), file_id)).rowcount)
+                "UPDATE files SET state = ?, settled_at = ? WHERE id = ? AND state = 'pending'",
+                (state, now_iso(), file_id)).rowcount)
 
     def refresh_file(self, file_id: int, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> None:
         """The recorded bytes, found under another inode at the same path: the record follows the file."""
