@@ -8,7 +8,6 @@ exactly once with a reason, and nothing outside the spool is read, moved or writ
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import sqlite3
@@ -18,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import REPO, DaemonProcess, base_config
