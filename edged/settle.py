@@ -22,7 +22,7 @@ from edged.timeutil import now_iso
 log = get_logger("edged.settle")
 
 _STATES = {"missing": "missing", "changed": "superseded"}
-RETRY_BASE_S = 30.0
+RETRY_BASE_S = 5.0
 RETRY_MAX_S = 3600.0
 
 
