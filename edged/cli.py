@@ -74,6 +74,14 @@ def cmd_retry(args: argparse.Namespace) -> ExitCode:
         return retry(settings, args.job_ids, all_failed=args.failed)
 
 
+def cmd_note_exit(args: argparse.Namespace) -> ExitCode:
+    """ExecStopPost: keep systemd's word on how the daemon ended, for crash attribution."""
+    from edged.death import record_exit
+
+    record_exit(_settings(args).state_dir)
+    return ExitCode.OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> ExitCode:
     from edged.commands.doctor import doctor
 
@@ -188,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="retry every failed job")
 
     _model_parser(sub, common)
+
+    verb("note-exit", cmd_note_exit, "for the unit's ExecStopPost: record $SERVICE_RESULT, $EXIT_CODE and"
+         " $EXIT_STATUS, so the next start knows whether the daemon died of a job (crash, OOM, watchdog)")
 
     p = verb("doctor", cmd_doctor, "check config, paths, permissions, disk, ONNX Runtime providers and the model")
     p.add_argument("--json", action="store_true")

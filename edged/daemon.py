@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from edged import upkeep
+from edged import death, upkeep
 from edged.config import ConfigError, Settings, load_config
 from edged.engine.api import Engine, ModelUnavailable
 from edged.engine.loader import load_engine, model_name
@@ -149,11 +149,14 @@ class Daemon:
         s = self.settings
         self.queue = queue = self._until_stored("open", lambda: build_queue(s))
         self.stats = Stats(queue.engine)
-        requeued, failed = self._until_stored("recover", lambda: queue.recover(everything=True))
-        if requeued or failed:
-            log.warning("recovered_jobs", requeued=requeued, failed=failed,
-                        detail="jobs left running by a process that died: they run alone first; only a job that"
-                               " was running alone is charged the attempt")
+        cause = death.previous_death(s.state_dir)
+        self._faults = death.watch_faults(s.state_dir)
+        requeued, failed = self._until_stored(
+            "recover", lambda: queue.recover(everything=True, cause=f"died of {cause}" if cause else None))
+        if requeued or failed or cause:
+            log.warning("recovered_jobs", requeued=requeued, failed=failed, cause=cause,
+                        detail="jobs left running by a process that died: they run alone first, and only a job"
+                               " that was running alone when the process died of a known cause is charged")
         layout = build_layout(s)
         for problem in layout.ensure():
             log.error("spool_folder_unusable", problem=problem,

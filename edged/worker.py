@@ -113,8 +113,8 @@ class Worker:
             raise
         except Exception as exc:  # a bug met by this batch: handled as a crash of it would be
             log.exception("batch_interrupted", task=jobs[0].task, jobs=len(jobs))
-            requeued, failed = self.queue.interrupted(
-                [j.id for j in jobs], f"the batch broke off with {type(exc).__name__}: {exc} while this job ran alone")
+            requeued, failed = self.queue.interrupted([j.id for j in jobs],
+                                                      f"broke off with {type(exc).__name__}: {exc}")
             log.warning("batch_interrupted_jobs", requeued=requeued, failed=failed,
                         detail="batch-mates run alone next and are not charged")
             if failed:

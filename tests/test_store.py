@@ -133,7 +133,7 @@ def test_failures_back_off_then_fail_for_good(queue: Queue) -> None:
     assert queue.job_status(job.id) == ("failed", "transient 3", 3)
 
 
-def test_lease_expiry_requeues_then_fails(tmp_path: Path) -> None:
+def test_lease_expiry_requeues_and_counts_the_death_apart(tmp_path: Path) -> None:
     q = open_queue(_url(tmp_path), max_attempts=2, lease_seconds=0.05, owner="dead-worker")
     sweeper = Queue(q.engine, max_attempts=2, owner="sweeper")
     q.enqueue([_file("a", "s")], "m")
@@ -144,12 +144,33 @@ def test_lease_expiry_requeues_then_fails(tmp_path: Path) -> None:
     assert sweeper.recover() == (1, 0)
     # The old holder's late result is refused: the job is no longer its to finish.
     assert q.complete([(job, ResultData("late"))]) == [False]
-    (job,) = q.claim(1)
-    assert job.attempts == 2
-    time.sleep(0.1)
-    assert sweeper.recover() == (0, 1)
+    # Nothing says the job killed its worker: the attempt is given back, the death counted.
+    for death in range(2, 5):
+        (job,) = q.claim(1)
+        assert job.attempts == 1
+        time.sleep(0.1)
+        assert sweeper.recover() == ((1, 0) if death < 4 else (0, 1))
     status, error, attempts = q.job_status(job.id)
-    assert status == "failed" and "lease expired" in error and attempts == 2
+    assert status == "failed" and "died 4 times while running this job alone, with no cause recorded" in error
+
+
+def test_a_crash_with_a_known_cause_charges_only_the_job_that_ran_alone(queue: Queue) -> None:
+    queue.enqueue([_file("a", "s"), _file("b", "t")], "m")
+    queue.claim(5)
+    crash = "died of a crash (Segmentation fault)"
+    assert queue.recover(everything=True, cause=crash) == (2, 0)  # batch-mates: not charged
+    seen = []
+    while (jobs := queue.claim(5)):
+        (job,) = jobs  # they run alone now
+        seen.append((job.source_path, job.attempts))
+        if job.source_path == "caption/b":
+            assert queue.complete([(job, ResultData("ok"))]) == [True]
+        else:
+            queue.recover(everything=True, cause=crash)  # "a" kills the process each time
+    assert [n for p, n in seen if p == "caption/a"] == [1, 2, 3] and ("caption/b", 1) in seen
+    status, error, _ = queue.job_status(1)
+    assert status == "failed" and error.startswith(f"the worker {crash} while running this job alone, 3 time(s)")
+    assert queue.job_status(2)[0] == "done"
 
 
 def test_release_does_not_count_the_attempt(queue: Queue) -> None:

@@ -7,9 +7,12 @@ so running a job again never stores a second result.
 
 Crash attribution: a process that dies mid-batch is not the fault of every job in the batch.
 A claim records how many jobs it took together (`lease_batch`); when a worker dies, the jobs
-of a batch get their attempt back and run alone next (`solo`); only a job that was running
-alone when a worker died is charged, so one that really kills the process fails after
-max_attempts and its batch-mates never do.
+of a batch get their attempt back and run alone next (`solo`). A job that was running alone
+is charged the attempt when the process is known to have died of itself (a native crash, an
+OOM kill, a watchdog: see death.py), so one that really kills the process fails after
+max_attempts and its batch-mates never do. A death nothing explains (a SIGKILL from outside
+looks the same as any other) is counted apart (`crashes`) and fails the job only after
+UNEXPLAINED_FACTOR times as many.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from edged.store.files import FileRecords
 from edged.timeutil import iso, now_iso, parse_iso, utcnow
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+UNEXPLAINED_FACTOR = 2
 
 
 def canonical_params(params: dict) -> str:
@@ -199,7 +203,7 @@ class Queue(FileRecords):
         if row.status == FAILED:
             # Dropping a file again is how operators say "try this once more".
             conn.exec_driver_sql(
-                "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, next_run_at = ?, finished_at = NULL"
+                "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, next_run_at = ?, finished_at = NULL"
                 " WHERE id = ?", (now, row.id)
             )
             return row.id, "requeued"
@@ -267,7 +271,7 @@ class Queue(FileRecords):
 
     def _complete_one(self, conn: Connection, job: Job, result: ResultData, now: str) -> bool:
         updated = conn.exec_driver_sql(
-            "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL, solo = 0, lease_owner = NULL,"
+            "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL, solo = 0, crashes = 0, lease_owner = NULL,"
             " lease_pid = NULL, lease_expires_at = NULL"
             " WHERE id = ? AND status = 'running' AND lease_owner = ?",
             (now, job.id, self.owner),
@@ -309,7 +313,7 @@ class Queue(FileRecords):
             status, next_run = QUEUED, iso(now + timedelta(seconds=delay))
         with write(self.engine) as conn:
             updated = conn.exec_driver_sql(
-                "UPDATE jobs SET status = ?, error = ?, next_run_at = ?, finished_at = ?, solo = 0,"
+                "UPDATE jobs SET status = ?, error = ?, next_run_at = ?, finished_at = ?, solo = 0, crashes = 0,"
                 " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND status = 'running' AND lease_owner = ?",
                 (status, error, next_run, iso(now) if final else None, job.id, self.owner),
@@ -330,23 +334,23 @@ class Queue(FileRecords):
                 return conn.exec_driver_sql(sql, (self.owner,)).rowcount
             return sum(conn.exec_driver_sql(sql + " AND id = ?", (self.owner, jid)).rowcount for jid in job_ids)
 
-    def recover(self, everything: bool = False) -> tuple[int, int]:
-        """Return jobs whose worker died to the queue; fail those that died alone max_attempts times.
+    def recover(self, everything: bool = False, cause: Optional[str] = None) -> tuple[int, int]:
+        """Return jobs whose worker died to the queue; fail those that died alone too often.
 
         `everything=True` at daemon start-up, under the state lock: no other worker can be
-        alive, so every `running` job is an orphan, expired or not.
+        alive, so every `running` job is an orphan, expired or not. `cause`: what is known to
+        have killed that worker ("died of a crash (…)", from death.py), or None.
         """
         now = iso(utcnow())
         # Our own leases are never expired by us: they belong to the batch in flight, which
         # may simply be slow (a long translation on a small CPU).
         cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
         with write(self.engine) as conn:
-            why = ("the worker process died while running this job alone" if everything
-                   else "the worker's lease expired while it ran this job alone")
-            return self._orphaned(conn, cond, {"now": now, "me": self.owner}, why)
+            return self._orphaned(conn, cond, {"now": now, "me": self.owner}, cause)
 
     def interrupted(self, job_ids: Sequence[int], error: str) -> tuple[int, int]:
-        """A batch of ours broke off without finishing (an unexpected error): handled as a crash would be."""
+        """A batch of ours broke off without finishing (an unexpected error): handled as a crash
+        whose cause is known would be."""
         if not job_ids:
             return 0, 0
         marks = ",".join(str(int(j)) for j in job_ids)
@@ -354,16 +358,27 @@ class Queue(FileRecords):
             return self._orphaned(conn, f"status = 'running' AND lease_owner = :me AND id IN ({marks})",
                                   {"now": now_iso(), "me": self.owner}, error)
 
-    def _orphaned(self, conn: Connection, cond: str, params: dict, error: str) -> tuple[int, int]:
+    def _orphaned(self, conn: Connection, cond: str, params: dict, cause: Optional[str]) -> tuple[int, int]:
         """(requeued, failed) for running jobs matching `cond` whose worker is gone."""
-        params = {**params, "max": self.max_attempts, "error": error}
+        params = {**params, "max": self.max_attempts, "cause": cause,
+                  "unexplained": self.max_attempts * UNEXPLAINED_FACTOR}
+        alone = "COALESCE(lease_batch, 2) <= 1"
         # Batch-mates: the crash was not theirs, the attempt is given back.
-        conn.exec_driver_sql(
-            f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND COALESCE(lease_batch, 2) > 1", params)
+        conn.exec_driver_sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND NOT {alone}", params)
+        if cause is None:
+            # Alone, but nothing says it was this job: the attempt is given back, the death counted.
+            conn.exec_driver_sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0), crashes = crashes + 1"
+                                 f" WHERE {cond} AND {alone}", params)
+            verdict = (f"{alone} AND crashes >= :unexplained",
+                       "'the worker process died ' || crashes || ' times while running this job alone, with no"
+                       " cause recorded (a SIGKILL, an OOM kill outside systemd, a power cut); giving up'")
+        else:
+            verdict = (f"{alone} AND attempts >= :max",
+                       "'the worker ' || :cause || ' while running this job alone, ' || attempts"
+                       " || ' time(s); giving up'")
         failed = conn.exec_driver_sql(
             "UPDATE jobs SET status = 'failed', finished_at = :now, solo = 0, lease_owner = NULL, lease_pid = NULL,"
-            " lease_expires_at = NULL, error = :error || ', ' || attempts || ' time(s); giving up'"
-            f" WHERE {cond} AND attempts >= :max",
+            f" lease_expires_at = NULL, error = {verdict[1]} WHERE {cond} AND {verdict[0]}",
             params,
         ).rowcount
         requeued = conn.exec_driver_sql(
@@ -380,7 +395,7 @@ class Queue(FileRecords):
         with write(self.engine) as conn:
             for jid in job_ids:
                 if conn.exec_driver_sql(
-                    "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, error = NULL, next_run_at = ?,"
+                    "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, error = NULL, next_run_at = ?,"
                     " finished_at = NULL, started_at = NULL WHERE id = ? AND status = 'failed'",
                     (now, jid),
                 ).rowcount:

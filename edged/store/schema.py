@@ -38,6 +38,7 @@ jobs = Table(
     Column("parent_id", Integer, ForeignKey("jobs.id")),
     Column("lease_batch", Integer),
     Column("solo", Integer, nullable=False),
+    Column("crashes", Integer, nullable=False),
 )
 
 results = Table(
@@ -226,6 +227,9 @@ MIGRATIONS: list[list[str]] = [
         # it was running when a process died (then it runs alone until it ends).
         "ALTER TABLE jobs ADD COLUMN lease_batch INTEGER",
         "ALTER TABLE jobs ADD COLUMN solo INTEGER NOT NULL DEFAULT 0",
+        # Deaths of the worker while this job ran alone that nothing explains (no fault, no OOM
+        # recorded): a SIGKILL from outside looks the same, so these count apart.
+        "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
     ],
 ]
 

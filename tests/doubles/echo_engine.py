@@ -5,8 +5,8 @@ PYTHONPATH. Options (model.options): name, delay_s (per batch), fail_on (raise w
 prompt contains this text), batch_fail (raise for any batch larger than 1), mode ("digest":
 a hash of the prompt; "echo": the prompt itself), context_length, instruction_tuned,
 empty_on / loop_on (a prompt containing this text gets an empty / looping output), crash_on
-(the process dies by SIGKILL, as in a native crash or an OOM kill, when a prompt contains this
-text), and calls_file (a line "start <pid> <n>" before and "end <pid> <n>" after each call, so
+(the process aborts, as in a native crash, when a prompt contains this text), kill_on (the
+process dies by SIGKILL, which leaves no trace of its cause), and calls_file (a line "start <pid> <n>" before and "end <pid> <n>" after each call, so
 that a test or a benchmark can tell when a batch is in the model).
 """
 
@@ -35,6 +35,7 @@ class EchoEngine:
         self.empty_on = options.get("empty_on")
         self.loop_on = options.get("loop_on")
         self.crash_on = options.get("crash_on")
+        self.kill_on = options.get("kill_on")
         self.calls_file = options.get("calls_file")
         self.calls: list[int] = []
         self.prompts: list[str] = []
@@ -57,6 +58,8 @@ class EchoEngine:
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.crash_on and any(self.crash_on in r.text for r in requests):
+            os.abort()
+        if self.kill_on and any(self.kill_on in r.text for r in requests):
             os.kill(os.getpid(), signal.SIGKILL)
         out = self._outputs(requests)
         self._mark("end", len(requests))
