@@ -255,6 +255,7 @@ class Worker:
 
     def _engine_call(self, requests: Sequence[Request], report: BatchReport) -> list[Union[Generation, Exception]]:
         """One engine call; if it fails as a whole, each request alone, so one bad job fails alone."""
+        log.debug("engine_call", prompts=len(requests))
         t0 = time.perf_counter()
         try:
             gens = self.engine.generate(requests)

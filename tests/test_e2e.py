@@ -113,8 +113,7 @@ def test_daemon_end_to_end(daemon_factory, tmp_path: Path) -> None:
 def test_sigkill_at_random_moments_loses_nothing(daemon_factory) -> None:
     d: DaemonProcess = daemon_factory(
         model={"batch_size": 4, "options": {"name": "echo-test", "delay_s": 0.15}},
-        queue={"max_attempts": 100},
-        watch={"stability_seconds": 0.3},
+        watch={"stability_seconds": 0.3},  # the default max_attempts: kills must charge nothing
     )
     inbox = d.spool / "inbox"
     n_pre, n_live = 120, 40

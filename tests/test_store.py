@@ -134,8 +134,8 @@ def test_failures_back_off_then_fail_for_good(queue: Queue) -> None:
 
 
 def test_lease_expiry_requeues_and_counts_the_death_apart(tmp_path: Path) -> None:
-    q = open_queue(_url(tmp_path), max_attempts=2, lease_seconds=0.05, owner="dead-worker")
-    sweeper = Queue(q.engine, max_attempts=2, owner="sweeper")
+    q = open_queue(_url(tmp_path), max_attempts=2, lease_seconds=0.05, owner="dead-worker", backoff_seconds=0)
+    sweeper = Queue(q.engine, max_attempts=2, owner="sweeper", backoff_seconds=0)
     q.enqueue([_file("a", "s")], "m")
     (job,) = q.claim(1)
     assert sweeper.recover() == (0, 0)  # lease still valid
@@ -154,7 +154,8 @@ def test_lease_expiry_requeues_and_counts_the_death_apart(tmp_path: Path) -> Non
     assert status == "failed" and "died 4 times while running this job alone, with no cause recorded" in error
 
 
-def test_a_crash_with_a_known_cause_charges_only_the_job_that_ran_alone(queue: Queue) -> None:
+def test_a_crash_with_a_known_cause_charges_only_the_job_that_ran_alone(tmp_path: Path) -> None:
+    queue = open_queue(_url(tmp_path), max_attempts=3, backoff_seconds=0)
     queue.enqueue([_file("a", "s"), _file("b", "t")], "m")
     queue.claim(5)
     crash = "died of a crash (Segmentation fault)"
@@ -168,9 +169,17 @@ def test_a_crash_with_a_known_cause_charges_only_the_job_that_ran_alone(queue: Q
         else:
             queue.recover(everything=True, cause=crash)  # "a" kills the process each time
     assert [n for p, n in seen if p == "caption/a"] == [1, 2, 3] and ("caption/b", 1) in seen
+
     status, error, _ = queue.job_status(1)
     assert status == "failed" and error.startswith(f"the worker {crash} while running this job alone, 3 time(s)")
     assert queue.job_status(2)[0] == "done"
+
+def test_a_job_that_ran_alone_waits_a_back_off_before_it_runs_again(queue: Queue) -> None:
+    queue.enqueue([_file("a", "s"), _file("b", "t")], "m")
+    (a,) = queue.claim(1)
+    assert queue.recover(everything=True) == (1, 0)
+    assert [j.source_path for j in queue.claim(5)] == ["caption/b"]  # "a" waits 5-15 s (backoff 10 s)
+    assert 4.9 < queue.next_ready_in() < 15.1
 
 
 def test_release_does_not_count_the_attempt(queue: Queue) -> None:

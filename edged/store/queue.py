@@ -381,11 +381,21 @@ class Queue(FileRecords):
             f" lease_expires_at = NULL, error = {verdict[1]} WHERE {cond} AND {verdict[0]}",
             params,
         ).rowcount
+        # A job that was running alone waits a back-off before it runs alone again, so that a job
+        # that kills the process does not crash-loop the box, and a job that was merely unlucky
+        # (killed from outside) is not first in line for the next kill.
+        later = {}
+        for job_id, deaths in conn.exec_driver_sql(
+                f"SELECT id, attempts + crashes FROM jobs WHERE {cond} AND {alone}", params).all():
+            delay = backoff_delay(max(deaths, 1), self.backoff_seconds, self.backoff_max_seconds)
+            later[job_id] = iso(utcnow() + timedelta(seconds=delay))
         requeued = conn.exec_driver_sql(
             "UPDATE jobs SET status = 'queued', solo = 1, next_run_at = :now, lease_owner = NULL, lease_pid = NULL,"
             f" lease_expires_at = NULL WHERE {cond}",
             params,
         ).rowcount
+        for job_id, when in later.items():
+            conn.exec_driver_sql("UPDATE jobs SET next_run_at = ? WHERE id = ?", (when, job_id))
         return requeued, failed
 
     def requeue(self, job_ids: Sequence[int]) -> list[int]:
