@@ -74,11 +74,10 @@ class Intake:
                 recorded = self._record(items)
             except StoreUnavailable as exc:
                 self._store_failed(exc)
-                self._after(results)
                 raise Deferred(paths[start:]) from None
             self._store_ok()
+            self._after(recorded)  # chunk by chunk: the model starts on a backlog before it is all queued
             results.extend(recorded)
-        self._after(results)
         return results
 
     def _after(self, results: list[tuple[NewFile, Enqueued]]) -> None:

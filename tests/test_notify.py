@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -81,3 +82,32 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "edged.service")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None or os.geteuid() != 0,
+                    reason="systemd-tmpfiles not installed, or not root")
+def test_tmpfiles_make_the_spool_as_the_readme_says(tmp_path: Path) -> None:
+    import users
+
+    import grp
+    import pwd
+
+    users.ensure_users()  # test users stand in for edged (the ACL lines resolve names on this host)
+    conf = (REPO / "systemd" / "edged.tmpfiles.conf").read_text()
+    conf = conf.replace(" edged edged ", f" {users.DAEMON} {users.GROUP} ").replace(" root  edged ", f" root {users.GROUP} ")
+    conf = conf.replace("d:g:edged:", f"d:g:{users.GROUP}:")
+    (tmp_path / "t.conf").write_text(conf)
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    d = pwd.getpwnam(users.DAEMON)
+    (root / "etc" / "passwd").write_text(f"root:x:0:0::/root:/bin/sh\n{d.pw_name}:x:{d.pw_uid}:{d.pw_gid}::/:/bin/false\n")
+    (root / "etc" / "group").write_text(f"root:x:0:\n{users.GROUP}:x:{grp.getgrnam(users.GROUP).gr_gid}:\n")
+    res = subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}", str(tmp_path / "t.conf")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "Failed" not in res.stderr, res.stderr
+    spool = root / "var" / "spool" / "edged"
+    modes = {str(p.relative_to(spool)): oct(p.stat().st_mode & 0o7777) for p in [spool, *spool.rglob("*")]}
+    assert modes == {".": "0o2750", "inbox": "0o2750", "inbox/caption": "0o2770", "inbox/ocr": "0o2770",
+                     "inbox/translate": "0o2770", "done": "0o2750", "failed": "0o2750", "out": "0o2750"}
+    for task in ("caption", "ocr", "translate"):
+        assert "system.posix_acl_default" in os.listxattr(spool / "inbox" / task)

@@ -41,13 +41,22 @@ def box():
         os.chown(path, owner, g)
         os.chmod(path, mode)
     yield base
+    for d in _started:  # a failed test must not leave its daemon running
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+    _started.clear()
     subprocess.run(["umount", "-R", str(base / "view")], capture_output=True)
     shutil.rmtree(base, ignore_errors=True)
+
+
+_started: list[DaemonProcess] = []
 
 
 def _daemon(box: Path, **extra) -> DaemonProcess:
     cfg = base_config(box, watch={"stability_seconds": 0.3, "rescan_seconds": 1}, **extra)
     d = DaemonProcess(box, cfg)
+    _started.append(d)
     os.chmod(d.config_path, 0o644)
     d.prefix = users.as_user(users.DAEMON, [], 0o007, box / "view")
     return d
