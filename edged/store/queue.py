@@ -4,15 +4,6 @@ Every state change is one SQLite transaction opened with BEGIN IMMEDIATE (see db
 crash between any two statements leaves the database in a state the next start-up repairs:
 a `running` job whose worker is gone goes back to `queued`, and a result is keyed by job id,
 so running a job again never stores a second result.
-
-Crash attribution: a process that dies mid-batch is not the fault of every job in the batch.
-A claim records how many jobs it took together (`lease_batch`); when a worker dies, the jobs
-of a batch get their attempt back and run alone next (`solo`). A job that was running alone
-is charged the attempt when the process is known to have died of itself (a native crash, an
-OOM kill, a watchdog: see death.py), so one that really kills the process fails after
-max_attempts and its batch-mates never do. A death nothing explains (a SIGKILL from outside
-looks the same as any other) is counted apart (`crashes`) and fails the job only after
-UNEXPLAINED_FACTOR times as many.
 """
 
 from __future__ import annotations
@@ -20,37 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from sqlalchemy import Connection, Engine, exc
 
 from edged.store.db import read, write
 from edged.store.errors import StoreUnavailable
 from edged.pathnames import displayable, to_db
+from edged.store.backoff import backoff_delay
 from edged.store.files import FileRecords
+from edged.store.recovery import Recovery
 from edged.timeutil import iso, now_iso, parse_iso, utcnow
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-UNEXPLAINED_FACTOR = 2
 
 
 def canonical_params(params: dict) -> str:
     """Parameters as canonical JSON: equal dicts give equal text, so they key jobs reliably."""
     return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds before retry number `attempt` (1-based): base·2^(attempt-1), ±50 % jitter, capped.
-
-    Jitter keeps a burst of jobs that failed together (a full disk, a driver reset) from
-    coming back in lock-step.
-    """
-    delay = base * (2 ** max(0, attempt - 1))
-    return min(cap, delay * (0.5 + rand()))
 
 
 @dataclass(frozen=True)
@@ -106,7 +87,7 @@ def _job(row) -> Job:  # noqa: ANN001 - a SQLAlchemy Row
                row.attempts, row.created_at, row.parent_id)
 
 
-class Queue(FileRecords):
+class Queue(FileRecords, Recovery):
     """One storage interface for jobs and their files; knows nothing of images, prompts or ONNX."""
 
     def __init__(
@@ -333,70 +314,6 @@ class Queue(FileRecords):
             if job_ids is None:
                 return conn.exec_driver_sql(sql, (self.owner,)).rowcount
             return sum(conn.exec_driver_sql(sql + " AND id = ?", (self.owner, jid)).rowcount for jid in job_ids)
-
-    def recover(self, everything: bool = False, cause: Optional[str] = None) -> tuple[int, int]:
-        """Return jobs whose worker died to the queue; fail those that died alone too often.
-
-        `everything=True` at daemon start-up, under the state lock: no other worker can be
-        alive, so every `running` job is an orphan, expired or not. `cause`: what is known to
-        have killed that worker ("died of a crash (…)", from death.py), or None.
-        """
-        now = iso(utcnow())
-        # Our own leases are never expired by us: they belong to the batch in flight, which
-        # may simply be slow (a long translation on a small CPU).
-        cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
-        with write(self.engine) as conn:
-            return self._orphaned(conn, cond, {"now": now, "me": self.owner}, cause)
-
-    def interrupted(self, job_ids: Sequence[int], error: str) -> tuple[int, int]:
-        """A batch of ours broke off without finishing (an unexpected error): handled as a crash
-        whose cause is known would be."""
-        if not job_ids:
-            return 0, 0
-        marks = ",".join(str(int(j)) for j in job_ids)
-        with write(self.engine) as conn:
-            return self._orphaned(conn, f"status = 'running' AND lease_owner = :me AND id IN ({marks})",
-                                  {"now": now_iso(), "me": self.owner}, error)
-
-    def _orphaned(self, conn: Connection, cond: str, params: dict, cause: Optional[str]) -> tuple[int, int]:
-        """(requeued, failed) for running jobs matching `cond` whose worker is gone."""
-        params = {**params, "max": self.max_attempts, "cause": cause,
-                  "unexplained": self.max_attempts * UNEXPLAINED_FACTOR}
-        alone = "COALESCE(lease_batch, 2) <= 1"
-        # Batch-mates: the crash was not theirs, the attempt is given back.
-        conn.exec_driver_sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND NOT {alone}", params)
-        if cause is None:
-            # Alone, but nothing says it was this job: the attempt is given back, the death counted.
-            conn.exec_driver_sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0), crashes = crashes + 1"
-                                 f" WHERE {cond} AND {alone}", params)
-            verdict = (f"{alone} AND crashes >= :unexplained",
-                       "'the worker process died ' || crashes || ' times while running this job alone, with no"
-                       " cause recorded (a SIGKILL, an OOM kill outside systemd, a power cut); giving up'")
-        else:
-            verdict = (f"{alone} AND attempts >= :max",
-                       "'the worker ' || :cause || ' while running this job alone, ' || attempts"
-                       " || ' time(s); giving up'")
-        failed = conn.exec_driver_sql(
-            "UPDATE jobs SET status = 'failed', finished_at = :now, solo = 0, lease_owner = NULL, lease_pid = NULL,"
-            f" lease_expires_at = NULL, error = {verdict[1]} WHERE {cond} AND {verdict[0]}",
-            params,
-        ).rowcount
-        # A job that was running alone waits a back-off before it runs alone again, so that a job
-        # that kills the process does not crash-loop the box, and a job that was merely unlucky
-        # (killed from outside) is not first in line for the next kill.
-        later = {}
-        for job_id, deaths in conn.exec_driver_sql(
-                f"SELECT id, attempts + crashes FROM jobs WHERE {cond} AND {alone}", params).all():
-            delay = backoff_delay(max(deaths, 1), self.backoff_seconds, self.backoff_max_seconds)
-            later[job_id] = iso(utcnow() + timedelta(seconds=delay))
-        requeued = conn.exec_driver_sql(
-            "UPDATE jobs SET status = 'queued', solo = 1, next_run_at = :now, lease_owner = NULL, lease_pid = NULL,"
-            f" lease_expires_at = NULL WHERE {cond}",
-            params,
-        ).rowcount
-        for job_id, when in later.items():
-            conn.exec_driver_sql("UPDATE jobs SET next_run_at = ? WHERE id = ?", (when, job_id))
-        return requeued, failed
 
     def requeue(self, job_ids: Sequence[int]) -> list[int]:
         """Operator retry of failed jobs: a fresh set of attempts. Returns the ids requeued."""
