@@ -20,7 +20,7 @@ from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.store import DatabaseMissing, SchemaMismatch, StoreUnavailable
 from edged.store.db import read, sqlite_path
-from edged.wiring import Access, Parts, open_parts  # noqa: F401 - Parts is part of the interface
+from edged.wiring import Access, Parts, open_parts
 
 
 def _owner_name(uid: int) -> str:
