@@ -76,6 +76,13 @@ def producer(inbox: Path, outside: Path, ops: int, seed: int, log: Path) -> None
             return os.fsdecode(b"caf\xe9-" + str(rng.randrange(10**6)).encode() + b".txt")
         return f"f{rng.randrange(10**6)}.txt"
 
+    def new_file(path: Path, data: bytes) -> None:
+        # Never through an existing name: that may be one of the producer's own links to a
+        # canary, and writing the canary would be the producer's doing, not the daemon's.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
     for lang in LANGS:
         (base / lang).mkdir(parents=True, exist_ok=True)
     for _ in range(ops):
@@ -85,22 +92,23 @@ def producer(inbox: Path, outside: Path, ops: int, seed: int, log: Path) -> None
                              "mkdir_022"])
             here = rng.choice(folders())
             if op == "create":
-                (here / name()).write_bytes(content())
+                new_file(here / name(), content())
             elif op == "part":
                 target = here / name()
                 tmp = target.with_name("." + target.name[:200] + ".part")
-                tmp.write_bytes(content())
+                new_file(tmp, content())
                 os.rename(tmp, target)
             elif op == "append" and files():
                 victim = rng.choice(files())
                 # Not through a link: writing the canary itself would be the producer's doing.
                 if not victim.is_symlink() and victim.stat().st_nlink == 1:
-                    with open(victim, "ab") as fh:
+                    fd = os.open(victim, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+                    with os.fdopen(fd, "ab") as fh:
                         fh.write(b"Appended " + content())
             elif op == "replace" and files():
                 victim = rng.choice(files())
                 tmp = victim.with_name(".r" + str(rng.randrange(10**6)) + ".part")
-                tmp.write_bytes(content())
+                new_file(tmp, content())
                 os.rename(tmp, victim)
             elif op == "delete" and files():
                 os.unlink(rng.choice(files()))
@@ -243,10 +251,14 @@ def _check(work: Path, db: Path, contents: Path, canaries: dict) -> dict[str, in
              for line in contents.read_text().splitlines()}
     con = sqlite3.connect(db)
     log_text = (work / "daemon.log").read_text(errors="replace")
-    outputs = [r[0] for r in con.execute("SELECT output FROM results")]
-    outside = sum(1 for o in outputs if CANARY in o) + (CANARY in log_text)
-    outside += sum(1 for p, (ino, text) in canaries.items()
-                   if not p.exists() or p.stat().st_ino != ino or p.read_text() != text)
+    leaks = [f"result of job {j} ({src})" for j, src, o in con.execute(
+        "SELECT r.job_id, j.source_path, r.output FROM results r JOIN jobs j ON j.id = r.job_id") if CANARY in o]
+    leaks += [f"log line: {line[:300]}" for line in log_text.splitlines() if CANARY in line]
+    leaks += [f"canary {p} changed" for p, (ino, text) in canaries.items()
+              if not p.exists() or p.stat().st_ino != ino or p.read_text() != text]
+    for leak in leaks[:5]:
+        print(f"outside: {leak}", file=sys.stderr)
+    outside = len(leaks)
     wrong = 0
     for sha, output in con.execute("SELECT j.sha256, r.output FROM jobs j JOIN results r ON r.job_id = j.id"):
         # An appended file's bytes are several writes: each must appear, in its order.

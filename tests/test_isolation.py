@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -362,7 +361,7 @@ def test_retry_never_follows_a_link_on_the_inbox_side(daemon_factory, tmp_path: 
 
 
 def test_a_refused_input_that_cannot_be_moved_is_one_job(daemon_factory, tmp_path: Path) -> None:
-    d = daemon_factory(watch={"stability_seconds": 0.2, "rescan_seconds": 0.5})
+    d = daemon_factory(watch={"stability_seconds": 0.2, "rescan_seconds": 0.5}, log={"level": "debug"})
     inbox = d.spool / "inbox" / "translate"
     inbox.mkdir(parents=True)
     os.symlink("/etc/hostname", inbox / "link.txt")
@@ -371,7 +370,8 @@ def test_a_refused_input_that_cannot_be_moved_is_one_job(daemon_factory, tmp_pat
     _put(d.spool / "failed" / "translate", b"in the way")
     d.start()
     d.wait_until(lambda: sum(1 for e in d.events() if e.get("event") == "settle_failed") >= 1, what="a failed move")
-    time.sleep(3)  # six rescans: none may record the link again
+    rescans = sum(1 for e in d.events() if e.get("event") == "rescan")
+    d.wait_for_event("rescan", count=rescans + 5)  # five more rescans: none may record the link again
     assert _count(d, "SELECT COUNT(*) FROM jobs") == 1
     assert sum(1 for e in d.events() if e.get("event") == "settle_failed") == 1  # logged once so far
     (err,), = d.query("SELECT settle_error FROM files")

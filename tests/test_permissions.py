@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,7 @@ _started: list[DaemonProcess] = []
 
 
 def _daemon(box: Path, **extra) -> DaemonProcess:
-    cfg = base_config(box, watch={"stability_seconds": 0.3, "rescan_seconds": 1}, **extra)
+    cfg = base_config(box, watch={"stability_seconds": 0.3, "rescan_seconds": 1}, log={"level": "debug"}, **extra)
     d = DaemonProcess(box, cfg)
     _started.append(d)
     os.chmod(d.config_path, 0o644)
@@ -103,7 +102,8 @@ def test_producers_folders_and_unreadable_files_never_stop_the_daemon(box: Path)
     (box / "p.png").write_bytes(png_bytes())
     _producer(box, f"cp {box / 'p.png'} caption/p.png")
     _settled(d, 4)
-    time.sleep(3)  # three rescans: nothing may be taken twice
+    rescans = sum(1 for e in d.events() if e.get("event") == "rescan")
+    d.wait_for_event("rescan", count=rescans + 3)  # three more rescans: nothing may be taken twice
     assert d.proc.poll() is None, "the daemon died"
     jobs = {r[0]: r[1:] for r in d.query("SELECT source_path, status, error FROM jobs")}
     assert len(jobs) == 4, jobs
