@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -215,8 +214,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(exc.code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
-
-
-def emit_json(obj: object) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False, default=str)
-    sys.stdout.write("\n")

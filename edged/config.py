@@ -14,6 +14,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edged.languages import accepted, normalise
+
 DEFAULT_CONFIG_PATH = Path("/etc/edged/config.yaml")
 CONFIG_ENV = "EDGED_CONFIG"
 
@@ -101,6 +103,15 @@ class RetentionSettings(_Section):
     include_failed: bool = False
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464' or ':9464' (loopback) -> (address, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"metrics.listen {value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
 class MetricsSettings(_Section):
     listen: Optional[str] = None  # "127.0.0.1:9464" serves Prometheus metrics; None: off
 
@@ -108,8 +119,6 @@ class MetricsSettings(_Section):
     @classmethod
     def _listen(cls, value: Optional[str]) -> Optional[str]:
         if value is not None:
-            from edged.metrics import parse_listen
-
             parse_listen(value)
         return value
 
@@ -151,8 +160,6 @@ class TranslateSettings(TaskSettings):
 
 
 def _known_language(value: Optional[str]) -> Optional[str]:
-    from edged.tasks.languages import accepted, normalise
-
     if value is None:
         return None
     tag = normalise(value)

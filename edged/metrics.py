@@ -8,20 +8,12 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from edged.config import parse_listen
 from edged.logs import get_logger
 from edged.store.queries import queue_summary
 from edged.throughput import Meter
 
 log = get_logger("edged.metrics")
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """'127.0.0.1:9464', '[::1]:9464' or ':9464' (loopback) -> (address, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"metrics.listen {value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
 
 
 class EdgedCollector(Collector):

@@ -15,7 +15,7 @@ from edged.exitcodes import ExitCode
 from edged.models import default
 from edged.models.importer import ImportError_, import_onnx_community
 from edged.models.manifest import Manifest, ManifestError
-from edged.models.verify import verify_model
+from edged.commands.model import verify_model
 
 TINY = f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}"
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.wiring import build_layout
 from edged.engine.loader import MANIFEST, is_plugin, model_name
@@ -126,8 +127,6 @@ def preload() -> None:
 
 
 def doctor(settings: Settings, as_json: bool = False) -> ExitCode:
-    from edged.cli import emit_json
-
     layout = build_layout(settings)
     checks: list[tuple[str, Callable[[], tuple[str, str]]]] = [
         ("config", lambda: (OK, str(settings.source))),

@@ -69,9 +69,20 @@ def import_release(src: Path, out: Path, dtype: str, name: Optional[str]) -> Exi
     return ExitCode.OK
 
 
-def verify(folder: Path, prompt: str, tokens: int) -> ExitCode:
-    from edged.models.verify import verify_model
+def verify_model(folder: Path, prompt: str = "The capital of France is", tokens: int = 16) -> tuple[bool, list[str]]:
+    """The model's checks (files, checksums, graphs), then the engine's (one short generation)."""
+    from edged.models.verify import check_model
 
+    ok, lines = check_model(folder)
+    if not ok:
+        return False, lines
+    from edged.engine.selftest import generate_once
+
+    alive, more = generate_once(folder, prompt, tokens)
+    return alive, lines + more
+
+
+def verify(folder: Path, prompt: str, tokens: int) -> ExitCode:
     ok, lines = verify_model(folder, prompt, tokens)
     for line in lines:
         print(line)

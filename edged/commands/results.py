@@ -7,6 +7,7 @@ import sys
 from typing import Any, Optional
 
 from edged.commands import command_parts
+from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.store.queries import list_results
@@ -20,8 +21,6 @@ def _clip(text: Optional[str], width: int) -> str:
 
 def results(settings: Settings, *, task: Optional[str], since: Optional[str], status: Optional[str], fmt: str,
             limit: int) -> ExitCode:
-    from edged.cli import emit_json
-
     try:
         since_dt = parse_since(since) if since else None
     except ValueError as exc:

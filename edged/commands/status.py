@@ -6,6 +6,7 @@ import shutil
 from typing import Any
 
 from edged.commands import command_parts
+from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.engine.loader import model_name
 from edged.exitcodes import CliError, ExitCode
@@ -61,8 +62,6 @@ def collect(settings: Settings) -> dict[str, Any]:
 
 
 def status(settings: Settings, as_json: bool = False) -> ExitCode:
-    from edged.cli import emit_json
-
     info = collect(settings)
     if as_json:
         emit_json(info)

@@ -20,7 +20,7 @@ from edged.pathnames import displayable
 from edged.spool import SpoolLayout, UnsafePath, candidates
 from edged.spool.watch import Deferred
 from edged.spool.root import FILE_MODE, INBOX_DIR_MODE, TEMP_PREFIX, rename_noreplace
-from edged.tasks.languages import accepted, normalise
+from edged.languages import accepted, normalise
 from edged.wiring import Parts, build_layout
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,6 +26,7 @@ import torch
 
 from edged.models import graphs, parity
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
+from edged.models.torch_model import Loaded, eager, split
 from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_head_qgemm, quantize_nbits, to_fp16
 from edged.timeutil import now_iso
 
@@ -59,33 +60,6 @@ class ExportOptions:
     verify: bool = True
     parity_texts: Optional[list[str]] = None  # real prompts for the checks (default: random ids)
     parity_steps: int = 12
-
-
-@dataclass
-class Loaded:
-    model: torch.nn.Module
-    text_model: torch.nn.Module
-    lm_head: torch.nn.Module
-    tokenizer_json: Path
-    source: dict[str, Any]
-    chat: bool
-    name: str
-    cleanup: list[Path] = field(default_factory=list)
-
-
-def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    inner = model.model
-    text = getattr(inner, "language_model", inner)
-    return text, model.lm_head
-
-
-def _eager(model: torch.nn.Module) -> torch.nn.Module:
-    model.config._attn_implementation = "eager"
-    for sub in model.modules():
-        cfg = getattr(sub, "config", None)
-        if cfg is not None and hasattr(cfg, "_attn_implementation"):
-            cfg._attn_implementation = "eager"
-    return model.eval().float()
 
 
 def _guess_chat(folder: Path, name: str) -> bool:
@@ -130,7 +104,7 @@ def load_source(source: str, progress: Progress) -> Loaded:
         model = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
-    text, head = _parts(_eager(model))
+    text, head = split(eager(model))
     name = folder.name if kind == "hf-folder" else source.split("/")[-1]
     return Loaded(model, text, head, folder / "tokenizer.json", {"kind": kind, "path": str(source)},
                   _guess_chat(folder, name.lower()), name)

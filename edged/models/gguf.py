@@ -14,11 +14,12 @@ from typing import Callable
 
 import torch
 
+from edged.models.torch_model import Loaded, eager, split
 
-def load_gguf(path: Path, progress: Callable[[str], None]):  # noqa: ANN201 - export.Loaded
+
+def load_gguf(path: Path, progress: Callable[[str], None]) -> Loaded:
     from transformers import AutoModelForCausalLM
 
-    from edged.models.export import Loaded, _eager, _parts
     from edged.models.gguf_tokenizer import write_tokenizer_json
     from edged.models.manifest import sha256_file
 
@@ -28,7 +29,7 @@ def load_gguf(path: Path, progress: Callable[[str], None]):  # noqa: ANN201 - ex
     work = Path(tempfile.mkdtemp(prefix="edged-gguf-"))
     progress("rebuilding the BPE tokenizer from the GGUF vocabulary")
     tokenizer = write_tokenizer_json(path, work)
-    text, head = _parts(_eager(model))
+    text, head = split(eager(model))
     name = path.stem.lower()
     for suffix in ("-q4_k_m", "-q4_0", "-q8_0", "-f16", "-bf16"):
         name = name.removesuffix(suffix)

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from edged.models.torch_model import Loaded, eager, split
+
 SPECIALS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 
 
@@ -36,10 +38,9 @@ def byte_tokenizer(path: Path, special_ids: dict[str, int]) -> Path:
     return path
 
 
-def build_random(recipe_path: Path, progress: Callable[[str], None]):  # noqa: ANN201 - export.Loaded
+def build_random(recipe_path: Path, progress: Callable[[str], None]) -> Loaded:
     from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
 
-    from edged.models.export import Loaded, _eager, _parts
 
     recipe: dict[str, Any] = json.loads(recipe_path.read_text())
     torch.manual_seed(int(recipe.get("seed", 0)))
@@ -58,6 +59,6 @@ def build_random(recipe_path: Path, progress: Callable[[str], None]):  # noqa: A
     work = Path(tempfile.mkdtemp(prefix="edged-random-"))
     special = {name: int(recipe["tokens"][name.strip("<>")]) for name in SPECIALS if name.strip("<>") in recipe["tokens"]}
     tokenizer = byte_tokenizer(work / "tokenizer.json", special)
-    text, head = _parts(_eager(model))
+    text, head = split(eager(model))
     return Loaded(model, text, head, tokenizer, {"kind": "random", "recipe": str(recipe_path)},
                   bool(recipe.get("chat", False)), recipe["name"], cleanup=[work])

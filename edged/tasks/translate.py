@@ -13,7 +13,7 @@ from edged.config import Settings, TranslateSettings
 from edged.engine.api import Generation, ModelInfo, Request
 from edged.tasks.base import InputError, Prepared, check_size, render, require_text
 from edged.tasks.chunking import reassemble, split_text
-from edged.tasks.languages import LANGUAGES, accepted, normalise
+from edged.languages import LANGUAGES, accepted, normalise
 from edged.tasks.text import decode_text
 
 name = "translate"
