@@ -9,16 +9,13 @@ from typing import Callable, Optional, Sequence
 
 from edged import __version__
 from edged.config import ConfigError, Settings, load_config, resolve_config_path
-from edged.exitcodes import CliError, ExitCode
+from edged.exitcodes import CliError, EdgedError, ExitCode
 from edged.logs import configure_logging
 from edged.tasks import TASK_NAMES
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    try:
-        settings = load_config(resolve_config_path(args.config))
-    except ConfigError as exc:
-        raise CliError(str(exc), ExitCode.CONFIG) from None
+    settings = load_config(resolve_config_path(args.config))
     level = getattr(args, "log_level", None) or settings.log.level
     configure_logging(level, settings.log.format)
     return settings
@@ -86,7 +83,7 @@ def cmd_doctor(args: argparse.Namespace) -> ExitCode:
 
     try:
         settings = _settings(args)
-    except CliError as exc:
+    except ConfigError as exc:
         print(f"FAIL  config      {exc}")
         return ExitCode.CHECK_FAILED
     from edged.commands import as_database_owner
@@ -209,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except CliError as exc:
+    except EdgedError as exc:  # the one handler: each error carries its exit code
         print(f"edged: {exc}", file=sys.stderr)
         return int(exc.code)
     except KeyboardInterrupt:

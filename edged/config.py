@@ -14,7 +14,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edged.exitcodes import EdgedError, ExitCode
 from edged.languages import accepted, normalise
+from edged.windows import parse_window
 
 DEFAULT_CONFIG_PATH = Path("/etc/edged/config.yaml")
 CONFIG_ENV = "EDGED_CONFIG"
@@ -34,20 +36,29 @@ DEFAULT_IGNORE = [
 ]
 
 
-class ConfigError(Exception):
+class ConfigError(EdgedError):
     """The config file is missing, unreadable or invalid. The message is meant for operators."""
+
+    code = ExitCode.CONFIG
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def live(*args: Any, **kwargs: Any) -> Any:
+    """A Field that a running daemon takes on at SIGHUP. Every other key waits for a restart,
+    so a key added without thinking about it is never half-applied."""
+    kwargs["json_schema_extra"] = {"live": True}
+    return Field(*args, **kwargs)
+
+
 class ModelSettings(_Section):
     path: Optional[Path] = None  # None: the built-in default under state_dir/models
     engine: str = "onnx"  # "onnx", or "module:callable" for an engine plug-in
     provider: Literal["auto", "cuda", "cpu"] = "auto"
-    batch_size: int = Field(8, ge=1, le=256)
-    max_new_tokens: int = Field(256, ge=1, le=32768)
+    batch_size: int = live(8, ge=1, le=256)
+    max_new_tokens: int = live(256, ge=1, le=32768)
     threads: int = Field(0, ge=0)  # 0: every core this process may use
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
     temperature: float = Field(0.0, ge=0)  # 0: greedy (deterministic)
@@ -58,25 +69,25 @@ class ModelSettings(_Section):
 
 
 class QueueSettings(_Section):
-    max_attempts: int = Field(3, ge=1)
-    backoff_seconds: float = Field(30.0, ge=0)
-    backoff_max_seconds: float = Field(3600.0, ge=0)
-    lease_seconds: float = Field(900.0, gt=0)
-    recover_seconds: float = Field(60.0, gt=0)
-    drain_grace_seconds: float = Field(60.0, ge=0)  # on SIGTERM: how long the batch in flight may finish
+    max_attempts: int = live(3, ge=1)
+    backoff_seconds: float = live(30.0, ge=0)
+    backoff_max_seconds: float = live(3600.0, ge=0)
+    lease_seconds: float = live(900.0, gt=0)
+    recover_seconds: float = live(60.0, gt=0)
+    drain_grace_seconds: float = live(60.0, ge=0)  # on SIGTERM: how long the batch in flight may finish
 
 
 class WatchSettings(_Section):
     polling: bool = False
-    stability_seconds: float = Field(2.0, ge=0)
-    rescan_seconds: float = Field(300.0, gt=0)
+    stability_seconds: float = live(2.0, ge=0)
+    rescan_seconds: float = live(300.0, gt=0)
     poll_interval_seconds: float = Field(1.0, gt=0)
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
 
 
 class SpoolSettings(_Section):
-    write_result_files: bool = True
-    min_free_mb: int = Field(256, ge=0)  # below this, intake pauses until space comes back
+    write_result_files: bool = live(True)
+    min_free_mb: int = live(256, ge=0)  # below this, intake pauses until space comes back
     # A file with several names may be a link to something outside the spool: refused unless
     # the producers are known to publish by hard link.
     allow_hard_links: bool = False
@@ -84,23 +95,21 @@ class SpoolSettings(_Section):
 
 class ScheduleSettings(_Section):
     # "HH:MM-HH:MM" in the box's local time; empty: the model runs at any hour.
-    processing_windows: list[str] = Field(default_factory=list)
-    summary_seconds: float = Field(60.0, gt=0)
-    maintenance_seconds: float = Field(3600.0, gt=0)
+    processing_windows: list[str] = live(default_factory=list)
+    summary_seconds: float = live(60.0, gt=0)
+    maintenance_seconds: float = live(3600.0, gt=0)
 
     @field_validator("processing_windows")
     @classmethod
     def _windows(cls, value: list[str]) -> list[str]:
-        from edged.windows import parse_window
-
         for w in value:
             parse_window(w)
         return value
 
 
 class RetentionSettings(_Section):
-    days: Optional[float] = Field(None, gt=0)  # None: keep everything
-    include_failed: bool = False
+    days: Optional[float] = live(None, gt=0)  # None: keep everything
+    include_failed: bool = live(False)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -124,20 +133,20 @@ class MetricsSettings(_Section):
 
 
 class TaskSettings(_Section):
-    prompt: Optional[str] = None  # None: the task's built-in template
-    max_new_tokens: Optional[int] = Field(None, ge=1)
-    max_input_mb: float = Field(64.0, gt=0)
+    prompt: Optional[str] = live(None)  # None: the task's built-in template
+    max_new_tokens: Optional[int] = live(None, ge=1)
+    max_input_mb: float = live(64.0, gt=0)
 
 
 class ImageTaskSettings(TaskSettings):
-    max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard
-    pan_and_scan: bool = False  # extra crops of tall or wide pictures (documents)
-    max_crops: int = Field(4, ge=2, le=16)
+    max_pixels: int = live(64_000_000, ge=1)  # decompression-bomb guard
+    pan_and_scan: bool = live(False)  # extra crops of tall or wide pictures (documents)
+    max_crops: int = live(4, ge=2, le=16)
 
 
 class OcrSettings(ImageTaskSettings):
-    pan_and_scan: bool = True
-    translate_to: Optional[str] = None  # a language: every OCR result also becomes a translate job
+    pan_and_scan: bool = live(True)
+    translate_to: Optional[str] = live(None)  # a language: every OCR result also becomes a translate job
 
     @field_validator("translate_to")
     @classmethod
@@ -146,12 +155,12 @@ class OcrSettings(ImageTaskSettings):
 
 
 class TranslateSettings(TaskSettings):
-    target_language: str = "en"
-    source_language: Optional[str] = None
+    target_language: str = live("en")
+    source_language: Optional[str] = live(None)
     # Completion-style template for base models (the default 270M); fields as in `prompt`.
-    completion_prompt: Optional[str] = None
+    completion_prompt: Optional[str] = live(None)
     # Largest piece of a long text sent to the model at once, in tokens.
-    chunk_tokens: int = Field(384, ge=16)
+    chunk_tokens: int = live(384, ge=16)
 
     @field_validator("target_language", "source_language")
     @classmethod
@@ -175,7 +184,7 @@ class TasksSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = live("info")
     format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("level", mode="before")

@@ -1,132 +1,103 @@
-"""Wiring for `edged run`: start-up order, scheduled jobs, signals, reload, and a graceful drain."""
+"""`edged run`: the start-up order, the parts' upkeep, reload, and a graceful stop.
+
+Signals are control.py's, scheduled jobs schedule.py's, what `edged status` is told
+facts.py's; each part applies its own share of a reloaded config (`apply`). What is here is
+the order things start and stop in, and which part each scheduled job calls.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from edged import death, upkeep
 from edged.config import ConfigError, Settings, load_config
+from edged.control import Control, StopNow
 from edged.engine.api import Engine, ModelUnavailable
 from edged.engine.loader import load_engine, model_name
-from edged.exitcodes import ExitCode
+from edged.exitcodes import EdgedError, ExitCode
+from edged.facts import RuntimeFacts
 from edged.intake import Intake
-from edged.lock import AlreadyLocked, StateLock
+from edged.lock import StateLock
 from edged.logs import configure_logging, get_logger
 from edged.notify import Notifier
 from edged.reload import changed_keys, live_settings, needs_restart
+from edged.schedule import Schedule
 from edged.settle import Settler
-from edged.spool import SpoolFiles, SpoolWatcher
+from edged.spool import SpoolFiles, SpoolLayout, SpoolWatcher
 from edged.spool.space import SpaceGuard
-from edged.store import StoreUnavailable
+from edged.store import Queue, StoreUnavailable
 from edged.store.db import sqlite_path
 from edged.store.stats import Stats
 from edged.tasks import TASK_NAMES
 from edged.throughput import BatchReport, Meter, log_batch
-from edged.timeutil import now_iso
-from edged.windows import is_open, next_opening
+from edged.windows import WindowWatch
 from edged.wiring import build_layout, build_queue, lock_path, spool_lock_path
 from edged.worker import Worker
 
 log = get_logger("edged.daemon")
 
-DISK_CHECK_SECONDS = 5.0  # statvfs is cheap; a filling disk should pause intake within seconds
 STORE_RETRY_MAX_S = 30.0
 
 
-class DrainTimeout(BaseException):
-    """The batch in flight outlived the drain grace: its jobs are handed back, not finished."""
+@dataclass
+class Running:
+    """Everything the daemon opened at start-up."""
 
-
-def intervals(s: Settings) -> dict[str, float]:
-    """Seconds between runs of each scheduled job."""
-    return {"rescan": s.watch.rescan_seconds, "recover": s.queue.recover_seconds,
-            "summary": s.schedule.summary_seconds, "maintenance": s.schedule.maintenance_seconds,
-            "disk": DISK_CHECK_SECONDS}
+    queue: Queue
+    stats: Stats
+    layout: SpoolLayout
+    files: SpoolFiles
+    settler: Settler
+    guard: SpaceGuard
+    facts: RuntimeFacts
+    intake: Intake
+    watcher: SpoolWatcher
+    meter: Meter
+    windows: WindowWatch
+    schedule: Optional[Schedule] = None
+    engine: Optional[Engine] = None
+    worker: Optional[Worker] = None
 
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.reload_requested = threading.Event()
-        self._signals = 0
-        self.watcher: Optional[SpoolWatcher] = None
-        self.scheduler: Optional[BackgroundScheduler] = None
-        self.engine: Optional[Engine] = None
-        self.worker: Optional[Worker] = None
-        self.meter: Optional[Meter] = None
         self.notify = Notifier()
-        self.state: dict[str, Any] = {"pid": os.getpid(), "started_at": now_iso(), "intake_paused": False,
-                                      "processing_open": True}
-
-    # -- signals -------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, _frame) -> None:  # noqa: ANN001 - signal frame
-        self._signals += 1
-        if self._signals > 1:
-            signal.setitimer(signal.ITIMER_REAL, 0)  # no drain alarm in the middle of the release
-            raise KeyboardInterrupt  # leases of the batch in flight are released on the way out
-        grace = self.settings.queue.drain_grace_seconds
-        log.info("stopping", signal=signal.Signals(signum).name, drain_grace_s=grace,
-                 detail="no new batches; the batch in flight may finish within the grace; signal again to stop at once")
-        self.notify.stopping()
-        self.stop.set()
-        self.wake.set()
-        if grace <= 0:
-            raise DrainTimeout
-        signal.setitimer(signal.ITIMER_REAL, grace)
-
-    def _on_alarm(self, _signum: int, _frame) -> None:  # noqa: ANN001
-        raise DrainTimeout
-
-    def _on_hup(self, _signum: int, _frame) -> None:  # noqa: ANN001
-        self.reload_requested.set()
-        self.wake.set()
+        self.control = Control(lambda: self.settings.queue.drain_grace_seconds, on_stopping=self.notify.stopping)
+        self.parts: Optional[Running] = None
 
     def run(self) -> ExitCode:
         s = self.settings
-        s.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            lock = StateLock(lock_path(s)).acquire()
-        except AlreadyLocked as exc:
-            log.error("already_running", error=str(exc))
-            return ExitCode.ALREADY_RUNNING
-        try:
+            s.state_dir.mkdir(parents=True, exist_ok=True)
             s.spool_dir.mkdir(parents=True, exist_ok=True)
-            spool_lock = StateLock(spool_lock_path(s)).acquire()
-        except AlreadyLocked as exc:
-            lock.release()
-            log.error("already_running", error=f"{exc}: another daemon (with another database) uses this spool")
-            return ExitCode.ALREADY_RUNNING
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGALRM, self._on_alarm)
-        signal.signal(signal.SIGHUP, self._on_hup)
+            locks = [StateLock(lock_path(s)).acquire()]
+            locks.append(StateLock(spool_lock_path(s), "another daemon (with another database) uses this spool")
+                         .acquire())
+        except EdgedError as exc:
+            for lock in locals().get("locks", []):
+                lock.release()
+            log.error("already_running", error=str(exc))
+            return exc.code
+        self.control.install()
         try:
             return self._run()
-        except DrainTimeout:
-            log.warning("drain_timeout", grace_s=s.queue.drain_grace_seconds,
-                        detail="the batch in flight was handed back to the queue; it runs again at the next start")
+        except StopNow:
+            if self.control.why_at_once == "second signal":
+                log.warning("stopped_at_once", detail="second signal; the batch in flight was handed back")
+            else:
+                log.warning("drain_timeout", grace_s=s.queue.drain_grace_seconds,
+                            detail="the batch in flight was handed back to the queue; it runs again at the next start")
             return ExitCode.OK
-        except KeyboardInterrupt:
-            if self._signals < 2:
-                raise
-            log.warning("stopped_at_once", detail="second signal; the batch in flight was handed back")
-            return ExitCode.OK
+        except EdgedError as exc:  # the daemon's own reasons: a config, a database, a model it cannot use
+            log.error("cannot_run", error=str(exc), exit_code=int(exc.code))
+            return exc.code
         finally:
-            # Shutting down already: a further signal must not cut the flush or the lock release.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.control.quiet()
             self._shutdown()
-            spool_lock.release()
-            lock.release()
+            for lock in reversed(locks):
+                lock.release()
 
     def _until_stored(self, what: str, step: Callable[[], Any]) -> Any:
         """Run a start-up step, waiting (not exiting) while the database cannot take writes."""
@@ -139,18 +110,18 @@ class Daemon:
                             detail="waiting for the database to take writes (free some disk space)")
                 self.notify.extend_timeout(600)
                 self.notify.status(f"waiting for the database: {exc}")
-                if self.stop.wait(delay):
-                    raise DrainTimeout from None
+                if self.control.stop.wait(delay):
+                    raise StopNow from None
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     # -- start-up ------------------------------------------------------------------------
 
-    def _run(self) -> ExitCode:
-        s = self.settings
-        self.queue = queue = self._until_stored("open", lambda: build_queue(s))
-        self.stats = Stats(queue.engine)
+    def _open(self, s: Settings) -> Running:
+        """Store, recovery, spool, settling, intake: everything but the model, in that order."""
+        queue = self._until_stored("open", lambda: build_queue(s))
+        stats = Stats(queue.engine)
         cause = death.previous_death(s.state_dir)
-        self._faults = death.watch_faults(s.state_dir)
+        death.watch_faults(s.state_dir)
         requeued, failed = self._until_stored(
             "recover", lambda: queue.recover(everything=True, cause=f"died of {cause}" if cause else None))
         if requeued or failed or cause:
@@ -161,27 +132,34 @@ class Daemon:
         for problem in layout.ensure():
             log.error("spool_folder_unusable", problem=problem,
                       detail="nothing is taken from or moved into it until it is a plain folder again")
-        self.files = SpoolFiles(layout, s.spool.write_result_files)
-        self.files.remove_debris()
-        self.settler = settler = Settler(queue, self.files)
+        files = SpoolFiles(layout, s.spool.write_result_files)
+        files.remove_debris()
+        settler = Settler(queue, files)
         self._until_stored("reconcile", lambda: settler.reconcile(force=True))
-
         model = model_name(s.model, s.model_dir)
         db_file = sqlite_path(s.database_url)
-        self.guard = SpaceGuard({"spool": s.spool_dir, "state": db_file.parent if db_file else s.state_dir},
-                                s.spool.min_free_mb, on_resume=self._rescan)
-        self.guard.check()
-        self._publish(model=model, provider=None, next_opening=None)  # replaces what the last run left
-        self.intake = Intake(s, queue, layout, settler, model, on_queued=self.wake.set,
-                             paused=lambda: self.guard.paused)
-        self._until_stored("load", self.intake.load_known)
-        self.watcher = SpoolWatcher(layout, s.watch.stability_seconds, self.intake.take, polling=s.watch.polling,
-                                    poll_interval=s.watch.poll_interval_seconds)
-        self.watcher.start()
-        log.info("startup_scan", files=self.watcher.scan())
-        self.meter = Meter(self.stats, model=model)
-        self._start_scheduler()
+        guard = SpaceGuard({"spool": s.spool_dir, "state": db_file.parent if db_file else s.state_dir},
+                           s.spool.min_free_mb, on_resume=self._rescan)
+        guard.check()
+        facts = RuntimeFacts(stats, guard)
+        facts.publish(model=model, provider=None, next_opening=None)  # replaces what the last run left
+        intake = Intake(s, queue, layout, settler, model, on_queued=self.control.wake.set,
+                        paused=lambda: guard.paused)
+        self._until_stored("load", intake.load_known)
+        watcher = SpoolWatcher(layout, s.watch.stability_seconds, intake.take, polling=s.watch.polling,
+                               poll_interval=s.watch.poll_interval_seconds)
+        return Running(queue, stats, layout, files, settler, guard, facts, intake, watcher,
+                       Meter(stats, model=model), WindowWatch(facts.publish))
 
+    def _run(self) -> ExitCode:
+        s = self.settings
+        p = self.parts = self._open(s)
+        p.watcher.start()
+        log.info("startup_scan", files=p.watcher.scan())
+        p.schedule = Schedule(s, {"rescan": self._rescan, "recover": self._recover, "summary": self._summary,
+                                  "maintenance": self._maintenance, "disk": p.guard.check})
+        p.schedule.start()
+        model = p.meter.model
         if s.model.path is None and s.model.engine == "onnx":
             log.info("default_model", path=str(s.model_dir),
                      detail="model.path is not set: using the built-in Gemma 3 270M (base model, text only)")
@@ -189,109 +167,76 @@ class Daemon:
         self.notify.extend_timeout(600)
         self.notify.status(f"loading model {model}")
         try:
-            self.engine = load_engine(s.model, s.model_dir)
+            p.engine = load_engine(s.model, s.model_dir)
         except ModelUnavailable as exc:
             log.error("model_unavailable", error=str(exc), detail="files keep being queued; fix the model and restart")
-            return ExitCode.MODEL_UNAVAILABLE
-        self.meter.provider = self.engine.provider
-        self._publish(model=model, provider=self.engine.provider)
+            return exc.code
+        p.meter.provider = p.engine.provider
+        p.facts.publish(model=model, provider=p.engine.provider)
         if s.metrics.listen:
             from edged.metrics import EdgedCollector, serve
 
-            serve(s.metrics.listen, EdgedCollector(queue.engine, self.meter, lambda: dict(self.state)))
-        log.info("ready", model=model, provider=self.engine.provider, batch_size=s.model.batch_size,
-                 inbox=str(layout.inbox), drop_files_into=[str(layout.inbox / t) for t in TASK_NAMES])
-        self.worker = Worker(s, queue, layout, settler, self.engine, on_batch=self._batch_done,
-                             may_run=self._may_run)
-        self.notify.ready(f"ready: model {model} on {self.engine.provider}")
+            serve(s.metrics.listen, EdgedCollector(p.queue.engine, p.meter, p.facts.snapshot))
+        log.info("ready", model=model, provider=p.engine.provider, batch_size=s.model.batch_size,
+                 inbox=str(p.layout.inbox), drop_files_into=[str(p.layout.inbox / t) for t in TASK_NAMES])
+        p.worker = Worker(s, p.queue, p.layout, p.settler, p.engine, on_batch=self._batch_done,
+                          may_run=self._may_run, control=self.control)
+        self.notify.ready(f"ready: model {model} on {p.engine.provider}")
         idle = min(1.0, self.notify.watchdog_interval / 2) if self.notify.watchdog_interval else 1.0
-        self.worker.run(self.stop, self.wake, idle_seconds=idle, tick=self._tick)
-        signal.setitimer(signal.ITIMER_REAL, 0)  # drained in time: no alarm during shutdown
+        p.worker.run(idle_seconds=idle, tick=self._tick)
         log.info("stopped")
         return ExitCode.OK
 
-    def _start_scheduler(self) -> None:
-        # coalesce + max_instances=1: after a pause (a suspended box, a long checkpoint) a job
-        # runs once, not once per missed interval, and never twice at the same time.
-        funcs = {"rescan": self._rescan, "recover": self._recover, "summary": self._summary,
-                 "maintenance": self._maintenance, "disk": self.guard.check}
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        for job_id, seconds in intervals(self.settings).items():
-            self.scheduler.add_job(self._guarded(job_id, funcs[job_id]), "interval", seconds=seconds, id=job_id,
-                                   coalesce=True, max_instances=1)
-        self.scheduler.start()
-
-    @staticmethod
-    def _guarded(job_id: str, func: Callable[[], Any]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                func()
-            except StoreUnavailable as exc:  # a full disk: the next run tries again
-                log.warning("scheduled_job_deferred", job=job_id, error=str(exc))
-            except Exception:  # a scheduled job's failure is logged; the next run tries again
-                log.exception("scheduled_job_error", job=job_id)
-        return run
-
-    # -- scheduled work ------------------------------------------------------------------
+    # -- scheduled work and the worker's hooks --------------------------------------------
 
     def _rescan(self) -> None:
-        if self.watcher is not None:
-            n = self.watcher.scan()
-            self.intake.forget_missing()
-            self.settler.forget_departed()
+        p = self.parts
+        if p is not None:
+            n = p.watcher.scan()
+            p.intake.forget_missing()
+            p.settler.forget_departed()
             log.debug("rescan", files=n)
 
     def _recover(self) -> None:
-        back, gave_up = self.queue.recover()
+        p = self.parts
+        assert p is not None
+        back, gave_up = p.queue.recover()
         if back or gave_up:
             log.warning("recovered_jobs", requeued=back, failed=gave_up, detail="leases expired")
-            self.wake.set()
-        self.settler.reconcile()  # files whose move failed before (a full disk, a folder fixed since)
+            self.control.wake.set()
+        p.settler.reconcile()  # files whose move failed before (a full disk, a folder fixed since)
 
     def _summary(self) -> None:
-        if self.meter is not None:
-            self.meter.flush()
-        self._publish()
+        p = self.parts
+        assert p is not None
+        p.meter.flush()
+        p.facts.publish()
 
     def _maintenance(self) -> None:
-        upkeep.checkpoint(self.stats)
-        upkeep.retention(self.stats, self.files, self.settings.retention)
-
-    def _publish(self, **facts: Any) -> None:
-        """Record what `edged status` (another process) cannot see for itself (best effort)."""
-        self.state.update(facts, intake_paused=self.guard.paused, spool_free_mb=self.guard.free,
-                          min_free_mb=self.guard.min_free_mb, low_disk=dict(self.guard.low))
-        try:
-            self.stats.set_runtime(**self.state)
-        except StoreUnavailable as exc:
-            log.debug("runtime_unrecorded", error=str(exc))
-
-    # -- the worker's hooks ---------------------------------------------------------------
+        p = self.parts
+        assert p is not None
+        upkeep.checkpoint(p.stats)
+        upkeep.retention(p.stats, p.files, self.settings.retention)
 
     def _may_run(self) -> bool:
-        if self.guard.store_low:
+        p = self.parts
+        assert p is not None
+        if p.guard.store_low:
             return False  # its results could not be committed; intake is paused too
-        windows = self.settings.schedule.processing_windows
-        now_open = is_open(windows)
-        if now_open != self.state["processing_open"]:
-            opening = next_opening(windows)
-            log.info("processing_window", open=now_open, windows=windows,
-                     next_opening=opening.isoformat() if opening else None,
-                     detail=None if now_open else "the model waits; intake continues")
-            self._publish(processing_open=now_open, next_opening=opening.isoformat() if opening else None)
-        return now_open
+        return p.windows.check(self.settings.schedule.processing_windows)
 
     def _tick(self) -> None:
         self.notify.watchdog()
-        if self.reload_requested.is_set():
-            self.reload_requested.clear()
+        if self.control.reload.is_set():
+            self.control.reload.clear()
             self.reload()
 
     def _batch_done(self, report: BatchReport) -> None:
+        p = self.parts
+        assert p is not None
         log_batch(report)
-        if self.meter is not None:
-            self.meter.add(report)
-        self.notify.status(f"{self.queue.queued_count()} queued; last batch {report.task}: {report.done} done, "
+        p.meter.add(report)
+        self.notify.status(f"{p.queue.queued_count()} queued; last batch {report.task}: {report.done} done, "
                            f"{report.failed} failed, {report.output_tok_per_s:.1f} tok/s")
 
     # -- SIGHUP --------------------------------------------------------------------------
@@ -316,36 +261,27 @@ class Daemon:
                  detail="restart the service for the keys in restart_needed" if restart else None)
 
     def _apply(self, s: Settings) -> None:
-        old, self.settings = self.settings, s
+        """Each part takes its own share of the new settings."""
+        self.settings = s
         configure_logging(s.log.level, s.log.format)
-        for part in (self.worker, self.intake):
-            if part is not None:
-                part.settings = s
-        q = self.queue
-        q.max_attempts, q.backoff_seconds = s.queue.max_attempts, s.queue.backoff_seconds
-        q.backoff_max_seconds, q.lease_seconds = s.queue.backoff_max_seconds, s.queue.lease_seconds
-        self.files.write_results = s.spool.write_result_files
-        if self.watcher is not None:
-            self.watcher.tracker.quiet = s.watch.stability_seconds
-        self.guard.min_free_mb = s.spool.min_free_mb
-        self.guard.check()
-        self._publish()
-        if self.scheduler is not None:
-            before = intervals(old)
-            for job_id, seconds in intervals(s).items():
-                if before[job_id] != seconds:
-                    self.scheduler.reschedule_job(job_id, trigger="interval", seconds=seconds)
-        self.wake.set()
+        p = self.parts
+        if p is not None:
+            for part in (p.queue, p.files, p.intake, p.watcher, p.guard, p.schedule, p.worker):
+                if part is not None:
+                    part.apply(s)
+            p.facts.publish()
+        self.control.wake.set()
 
     def _shutdown(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
-        if self.watcher is not None:
-            self.watcher.stop()
-        if self.meter is not None:
-            try:
-                self.meter.flush()  # the last partial period, so the table adds up to the jobs done
-            except Exception:
-                log.exception("throughput_flush_error")
-        if self.engine is not None:
-            self.engine.close()
+        p = self.parts
+        if p is None:
+            return
+        if p.schedule is not None:
+            p.schedule.shutdown()
+        p.watcher.stop()
+        try:
+            p.meter.flush()  # the last partial period, so the table adds up to the jobs done
+        except Exception:
+            log.exception("throughput_flush_error")
+        if p.engine is not None:
+            p.engine.close()

@@ -16,12 +16,24 @@ class ExitCode(IntEnum):
     INPUT = 7  # a file given on the command line cannot be used
     CHECK_FAILED = 8  # `edged doctor` found a problem
     NO_ACCESS = 9  # the database cannot be used as this user (the message names who can)
+    DATABASE = 10  # the database is not one this edged can use (a newer schema)
     INTERRUPTED = 130  # stopped by SIGINT before finishing
 
 
-class CliError(Exception):
-    """A command failed in a way the operator can fix; the message says how."""
+class EdgedError(Exception):
+    """Something the operator can fix; the message says how, `code` is what `edged` exits with.
 
-    def __init__(self, message: str, code: ExitCode) -> None:
+    Every part raises its own subclass with its own code, so that `cli.main` holds the one
+    handler and no command maps errors to codes by hand.
+    """
+
+    code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str, code: "ExitCode | None" = None) -> None:
         super().__init__(message)
-        self.code = code
+        if code is not None:
+            self.code = code
+
+
+class CliError(EdgedError):
+    """A command's own refusal (bad arguments, nothing to do)."""

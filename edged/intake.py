@@ -52,6 +52,9 @@ class Intake:
         self.store_down: Optional[str] = None
         self._store_retry_at = 0.0
 
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+
     def load_known(self) -> None:
         self.known = self.queue.pending_fingerprints()
 

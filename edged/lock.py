@@ -13,14 +13,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from edged.exitcodes import EdgedError, ExitCode
 
-class AlreadyLocked(Exception):
-    pass
+
+class AlreadyLocked(EdgedError):
+    """Another process holds the lock (another daemon on this database or spool)."""
+
+    code = ExitCode.ALREADY_RUNNING
 
 
 class StateLock:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, meaning: str = "") -> None:
         self.path = path
+        self.meaning = meaning  # what holding it means, for the message to whoever finds it taken
         self._fd: Optional[int] = None
 
     def acquire(self) -> "StateLock":
@@ -37,7 +42,8 @@ class StateLock:
                     continue
                 holder = os.read(fd, 64).decode(errors="replace").strip()
                 os.close(fd)
-                raise AlreadyLocked(f"another edged (pid {holder or '?'}) holds {self.path}") from None
+                raise AlreadyLocked(f"another edged (pid {holder or '?'}) holds {self.path}"
+                                    + (f": {self.meaning}" if self.meaning else "")) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -1,20 +1,34 @@
-"""SIGHUP: which config keys a running daemon can take on, and which wait for a restart."""
+"""SIGHUP: which config keys a running daemon can take on, and which wait for a restart.
+
+The schema says: a field made with `config.live(...)` is read afresh per job or per run and
+changes at once; every other key (where things are, what is loaded and how, what listens)
+waits for a restart, including any key added later without a thought about reloads.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from edged.config import Settings
 
-# Keys (dotted prefixes) that are fixed once the daemon runs: where things are, what is
-# loaded and how, and what listens. Everything else is read afresh per job or per run.
-RESTART_ONLY = (
-    "state_dir", "spool_dir", "database",
-    "model.path", "model.engine", "model.provider", "model.threads", "model.graph_optimization",
-    "model.temperature", "model.top_k", "model.top_p", "model.seed", "model.options",
-    "watch.polling", "watch.poll_interval_seconds", "watch.ignore", "spool.allow_hard_links",
-    "log.format", "metrics.listen",
-)
+
+def live_keys(model: type[BaseModel] = Settings, prefix: str = "") -> frozenset[str]:
+    """Dotted names of every field marked live, through nested sections."""
+    out: set[str] = set()
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out |= live_keys(annotation, f"{prefix}{name}.")
+        elif isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("live"):
+            out.add(prefix + name)
+    return frozenset(out)
+
+
+LIVE = live_keys()
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -33,17 +47,18 @@ def changed_keys(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
 
 
 def needs_restart(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in RESTART_ONLY)
+    """A changed key the running daemon keeps its old value of (a dict value like model.options
+    flattens to sub-keys: those follow their field)."""
+    return not any(key == k or key.startswith(k + ".") for k in LIVE)
 
 
 def live_settings(old: Settings, new: Settings) -> Settings:
-    """`new`, with the restart-only keys put back to what the running daemon uses."""
-    merged = new.model_copy(deep=True)
-    for key in RESTART_ONLY:
-        section, _, name = key.partition(".")
-        if name:
-            setattr(getattr(merged, section), name, getattr(getattr(old, section), name))
-        else:
-            setattr(merged, section, getattr(old, section))
-    merged.source = old.source
+    """`old`, with every live key taken from `new`."""
+    merged = old.model_copy(deep=True)
+    for key in LIVE:
+        *path, name = key.split(".")
+        src, dst = new, merged
+        for part in path:
+            src, dst = getattr(src, part), getattr(dst, part)
+        setattr(dst, name, getattr(src, name))
     return merged

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, time, timedelta
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
+
+from edged.logs import get_logger
+
+log = get_logger("edged.windows")
 
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
@@ -51,3 +55,22 @@ def next_opening(windows: Sequence[str], now: Optional[datetime] = None) -> Opti
         if is_open(windows, probe):
             return probe
     return None
+
+
+class WindowWatch:
+    """Whether the model may run now; each opening and closing is logged once and published."""
+
+    def __init__(self, publish: Callable[..., None]) -> None:
+        self.publish = publish
+        self.open = True
+
+    def check(self, windows: Sequence[str]) -> bool:
+        now_open = is_open(windows)
+        if now_open != self.open:
+            self.open = now_open
+            opening = next_opening(windows)
+            log.info("processing_window", open=now_open, windows=list(windows),
+                     next_opening=opening.isoformat() if opening else None,
+                     detail=None if now_open else "the model waits; intake continues")
+            self.publish(processing_open=now_open, next_opening=opening.isoformat() if opening else None)
+        return now_open

@@ -12,6 +12,7 @@ from sqlalchemy import exc
 
 from edged import tasks
 from edged.config import Settings
+from edged.control import Control
 from edged.engine.api import Engine, Generation, Request, RequestError, model_info
 from edged.logs import get_logger
 from edged.settle import Settler
@@ -37,8 +38,9 @@ class _Item:
 class Worker:
     def __init__(self, settings: Settings, queue: Queue, layout: SpoolLayout, settler: Settler, engine: Engine,
                  on_batch: Optional[Callable[[BatchReport], None]] = None,
-                 may_run: Optional[Callable[[], bool]] = None) -> None:
+                 may_run: Optional[Callable[[], bool]] = None, control: Optional[Control] = None) -> None:
         self.settings = settings  # replaced on a reload: read it afresh for every job
+        self.control = control or Control(lambda: 0.0)
         self.queue = queue
         self.layout = layout
         self.settler = settler
@@ -48,9 +50,11 @@ class Worker:
         self.may_run = may_run or (lambda: True)
         self.tick: Callable[[], None] = lambda: None
 
-    def run(self, stop: threading.Event, wake: threading.Event, idle_seconds: float = 1.0,
-            tick: Optional[Callable[[], None]] = None) -> None:
-        """Process batches until `stop` is set; sleep on `wake` while there is nothing to do.
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, idle_seconds: float = 1.0, tick: Optional[Callable[[], None]] = None) -> None:
+        """Process batches until the control says stop; sleep on its `wake` while there is nothing to do.
 
         `tick` runs once per loop turn and between the engine calls of a batch: the systemd
         watchdog is fed from here, so an engine call that hangs stops the pings and systemd
@@ -58,6 +62,7 @@ class Worker:
         writes (a full disk) pauses it until it can.
         """
         self.tick = tick or (lambda: None)
+        stop, wake = self.control.stop, self.control.wake
         try:
             while not stop.is_set():
                 self.tick()
@@ -75,8 +80,8 @@ class Worker:
                     wake.wait(idle_seconds if ready_in is None else min(idle_seconds, max(ready_in, 0.01)))
                     wake.clear()
         except BaseException:
-            # Stopped mid-batch (drain timeout or a second signal): hand the batch back without
-            # counting the attempt, so nothing waits for a lease to expire.
+            # Stopped in a model call (drain timeout, a second signal): hand the batch back
+            # without counting the attempt, so nothing waits for a lease to expire.
             try:
                 released = self.queue.release()
             except StoreUnavailable:
@@ -258,7 +263,8 @@ class Worker:
         log.debug("engine_call", prompts=len(requests))
         t0 = time.perf_counter()
         try:
-            gens = self.engine.generate(requests)
+            with self.control.model_call():
+                gens = self.engine.generate(requests)
             if len(gens) != len(requests):
                 raise RuntimeError(f"engine returned {len(gens)} results for {len(requests)} requests")
             self._timed(report, t0)
@@ -273,7 +279,8 @@ class Worker:
         for req in requests:
             t0 = time.perf_counter()
             try:
-                out.append(self.engine.generate([req])[0])
+                with self.control.model_call():
+                    out.append(self.engine.generate([req])[0])
                 self._timed(report, t0)
             except Exception as exc:
                 out.append(exc)

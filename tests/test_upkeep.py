@@ -39,6 +39,7 @@ def test_reload_keeps_restart_only_keys_and_reports_the_rest(make_settings) -> N
     changes = changed_keys(old, new)
     assert set(changes) == {"model.threads", "model.batch_size", "tasks.translate.prompt"}
     assert needs_restart("model.threads") and not needs_restart("model.batch_size")
+    assert needs_restart("model.options.name") and not needs_restart("tasks.translate.prompt")
     live = live_settings(old, new)
     assert (live.model.threads, live.model.batch_size, live.tasks.translate.prompt) == (0, 2, "x {text}")
 
@@ -142,3 +143,20 @@ def test_a_failed_summary_write_keeps_the_period_for_the_next_one(tmp_path: Path
     period = meter.flush()
     assert (period.jobs_done, period.output_tokens, period.avg_wait_ms) == (3, 14, 5.0)
     assert meter.flush() is None  # nothing left over, nothing counted twice
+
+
+def test_a_key_is_live_only_when_the_schema_says_so() -> None:
+    from pydantic import BaseModel
+
+    from edged.config import live
+    from edged.reload import live_keys
+
+    class Section(BaseModel):
+        marked: int = live(1)
+        added_later: int = 2  # nobody thought about reloads: it waits for a restart
+
+    class Top(BaseModel):
+        section: Section = Section()
+        path: str = "x"
+
+    assert live_keys(Top) == {"section.marked"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -130,7 +129,7 @@ def test_interrupted_batch_is_released_not_counted(rig) -> None:
 
     r.engine.generate = interrupted
     with pytest.raises(KeyboardInterrupt):
-        r.worker.run(threading.Event(), threading.Event())
+        r.worker.run()
     assert r.status("translate/a.txt") == ("queued", 0, None)
 
 

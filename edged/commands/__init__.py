@@ -18,7 +18,7 @@ from sqlalchemy import exc
 
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
-from edged.store import DatabaseMissing, SchemaMismatch, StoreUnavailable
+from edged.store import StoreUnavailable
 from edged.store.db import read, sqlite_path
 from edged.wiring import Access, Parts, open_parts
 
@@ -65,7 +65,7 @@ def _may_write(db: Path) -> bool:
 
 
 def command_parts(settings: Settings, access: Access) -> Parts:
-    """The parts a command needs, or a CliError whose message names the fix."""
+    """The parts a command needs; DatabaseMissing, SchemaMismatch, or a CliError naming who may."""
     path = sqlite_path(settings.database_url)
     try:
         parts = open_parts(settings, access)
@@ -76,10 +76,6 @@ def command_parts(settings: Settings, access: Access) -> Parts:
             # SQLite makes the database 0640 under the unit's umask: the spool group reads it,
             # only the daemon's user writes it.
             raise PermissionError(f"{path} is not writable by this user")
-    except DatabaseMissing as error:
-        raise CliError(str(error), ExitCode.NOT_FOUND) from None
-    except SchemaMismatch as error:
-        raise CliError(str(error), ExitCode.ERROR) from None
     except (exc.OperationalError, StoreUnavailable, PermissionError) as error:
         owner = _owner_name(Path(path).stat().st_uid) if path is not None and path.exists() else "edged"
         raise CliError(f"cannot use the database {path} as {_owner_name(os.geteuid())}"

@@ -46,11 +46,11 @@ def _spool_fs(settings: Settings) -> tuple[str, str]:
 
 def _database(settings: Settings) -> tuple[str, str]:
     from edged.commands import command_parts
-    from edged.exitcodes import CliError
+    from edged.exitcodes import EdgedError
 
     try:
         parts = command_parts(settings, "read")
-    except CliError as exc:
+    except EdgedError as exc:
         return (WARN if exc.code == ExitCode.NOT_FOUND else FAIL), str(exc)
     from edged.store.queries import queue_summary
     from edged.store.schema import SCHEMA_VERSION

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edged.exitcodes import CliError, ExitCode
-from edged.models.manifest import Manifest, ManifestError
+from edged.models.manifest import Manifest
 
 
 def progress_printer() -> Any:
@@ -34,14 +34,11 @@ def _need_export_extra() -> None:
 def export(source: str, out: Path, weights: str, block_size: int, name: Optional[str], chat: Optional[bool],
            context: Optional[int], verify: bool, lm_head_bits: Optional[int], lm_head_kernel: str = "nbits") -> ExitCode:
     _need_export_extra()
-    from edged.models.export import ExportError, ExportOptions, export_model
+    from edged.models.export import ExportOptions, export_model
 
     opts = ExportOptions(weights=weights, block_size=block_size, name=name, chat=chat, context_length=context,
                          verify=verify, lm_head_bits=lm_head_bits, lm_head_kernel=lm_head_kernel)
-    try:
-        manifest = export_model(source, out, opts, progress_printer())
-    except ExportError as exc:
-        raise CliError(str(exc), ExitCode.INPUT) from None
+    manifest = export_model(source, out, opts, progress_printer())
     print_info(manifest, out)
     return ExitCode.OK
 
@@ -50,21 +47,15 @@ def build_default(out: Path, force: bool) -> ExitCode:
     _need_export_extra()
     from edged.models.default import build_default as build
 
-    try:
-        manifest = build(out, progress_printer(), force=force)
-    except RuntimeError as exc:
-        raise CliError(str(exc), ExitCode.MODEL_UNAVAILABLE) from None
+    manifest = build(out, progress_printer(), force=force)
     print_info(manifest, out)
     return ExitCode.OK
 
 
 def import_release(src: Path, out: Path, dtype: str, name: Optional[str]) -> ExitCode:
-    from edged.models.importer import ImportError_, import_onnx_community
+    from edged.models.importer import import_onnx_community
 
-    try:
-        manifest = import_onnx_community(src, out, dtype, name)
-    except ImportError_ as exc:
-        raise CliError(str(exc), ExitCode.INPUT) from None
+    manifest = import_onnx_community(src, out, dtype, name)
     print_info(manifest, out)
     return ExitCode.OK
 
@@ -90,10 +81,7 @@ def verify(folder: Path, prompt: str, tokens: int) -> ExitCode:
 
 
 def info(folder: Path) -> ExitCode:
-    try:
-        manifest = Manifest.load(folder)
-    except ManifestError as exc:
-        raise CliError(str(exc), ExitCode.NOT_FOUND) from None
+    manifest = Manifest.load(folder)
     print_info(manifest, folder)
     return ExitCode.OK
 

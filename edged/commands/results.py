@@ -10,6 +10,7 @@ from edged.commands import command_parts
 from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
+from edged.store import DatabaseMissing
 from edged.store.queries import list_results
 from edged.timeutil import parse_since
 
@@ -28,9 +29,7 @@ def results(settings: Settings, *, task: Optional[str], since: Optional[str], st
     rows: list[dict[str, Any]] = []
     try:
         engine = command_parts(settings, "read").queue.engine
-    except CliError as exc:
-        if exc.code != ExitCode.NOT_FOUND:
-            raise
+    except DatabaseMissing as exc:
         print(f"edged: {exc}", file=sys.stderr)  # nothing has run yet: no results, not a failure
     else:
         rows = list_results(engine, task=task, status=status, since=since_dt, limit=limit or None)

@@ -9,7 +9,8 @@ from edged.commands import command_parts
 from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.engine.loader import model_name
-from edged.exitcodes import CliError, ExitCode
+from edged.exitcodes import ExitCode
+from edged.store import DatabaseMissing
 from edged.lock import StateLock
 from edged.store.queries import queue_summary, throughput_since
 from edged.store.stats import Stats
@@ -35,9 +36,7 @@ def _empty() -> dict[str, Any]:
 def collect(settings: Settings) -> dict[str, Any]:
     try:
         parts = command_parts(settings, "read")
-    except CliError as exc:
-        if exc.code != ExitCode.NOT_FOUND:
-            raise
+    except DatabaseMissing as exc:
         info, daemon, throughput = _empty(), {}, {"periods": 0}
         info["database"] = str(exc)
     else:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from edged.commands import as_database_owner, command_parts
 from edged.config import Settings
-from edged.exitcodes import CliError, ExitCode
+from edged.exitcodes import CliError, EdgedError, ExitCode
 from edged.pathnames import displayable
 from edged.spool import SpoolLayout, UnsafePath, candidates
 from edged.spool.watch import Deferred
@@ -56,7 +56,7 @@ def _copy_in(layout: SpoolLayout, src: Path, folder: list[str]) -> str:
 def _queue_parts(settings: Settings) -> tuple[Optional[Parts], Optional[str]]:
     try:
         return command_parts(settings, "write"), None
-    except CliError as exc:
+    except EdgedError as exc:
         return None, str(exc)
 
 

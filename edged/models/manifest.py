@@ -13,12 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from edged.exitcodes import EdgedError, ExitCode
+
 MANIFEST = "edged-model.json"
 FORMAT = "edged-model/1"
 
 
-class ManifestError(Exception):
-    pass
+class ManifestError(EdgedError):
+    """A model folder without a readable, valid manifest."""
+
+    code = ExitCode.NOT_FOUND
 
 
 @dataclass

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from edged.config import Settings
 from edged.pathnames import displayable
 from edged.spool.layout import SpoolLayout
 from edged.spool.root import (
@@ -50,6 +51,9 @@ class SpoolFiles:
         self.layout = layout
         self.fs = layout.fs
         self.write_results = write_results
+
+    def apply(self, settings: Settings) -> None:
+        self.write_results = settings.spool.write_result_files
 
     # -- inputs out of the inbox ---------------------------------------------------------
 

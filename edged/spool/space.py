@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
+from edged.config import Settings
 from edged.logs import get_logger
 
 log = get_logger("edged.space")
@@ -34,6 +35,10 @@ class SpaceGuard:
         self.low: dict[str, int] = {}  # place -> free MB, for the places below the floor
         self.free_by_place: dict[str, Optional[int]] = {}
         self._lock = threading.Lock()
+
+    def apply(self, settings: Settings) -> None:
+        self.min_free_mb = settings.spool.min_free_mb
+        self.check()
 
     @property
     def paused(self) -> bool:

@@ -20,6 +20,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from edged.config import Settings
 from edged.logs import get_logger
 from edged.spool.layout import SpoolLayout
 
@@ -198,9 +199,13 @@ class SpoolWatcher:
                     self.tracker.touch(path, event=False)
                 self._stop.wait(1.0)
 
+    def apply(self, settings: Settings) -> None:
+        self.tracker.quiet = settings.watch.stability_seconds
+
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is None:
+            return  # never started
         self._observer.stop()
         self._observer.join(timeout=5)
-        if self._thread:
-            self._thread.join(timeout=10)
+        self._thread.join(timeout=10)

@@ -23,20 +23,24 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from edged.store.errors import StoreUnavailable, unavailable_reason
+from edged.exitcodes import EdgedError, ExitCode
+from edged.store.errors import StoreUnavailable, UnsupportedDatabase, unavailable_reason
 
 BUSY_TIMEOUT_MS = 30_000
 
 
-class DatabaseMissing(Exception):
+class DatabaseMissing(EdgedError):
     """A read-only open of a database that does not exist yet (only the daemon creates it)."""
+
+    code = ExitCode.NOT_FOUND
 
 
 def sqlite_path(url: str) -> Optional[Path]:
     """The file behind a sqlite URL (None for an in-memory database)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        raise ValueError(f"database {url!r}: only SQLite URLs are supported (sqlite:///path)")
+        raise UnsupportedDatabase(f"database {url!r}: only SQLite URLs are supported (sqlite:///path); set"
+                                  " `database` in the config to one, or leave it out for <state_dir>/edged.db")
     db = parsed.database
     return Path(db) if db and db != ":memory:" else None
 

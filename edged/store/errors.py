@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+from edged.exitcodes import EdgedError, ExitCode
+
+
+class UnsupportedDatabase(EdgedError):
+    """A database URL this edged cannot use."""
+
+    code = ExitCode.CONFIG
+
 # sqlite3 result codes (the low byte of an extended code).
 _CODES = {13: "database or disk is full", 10: "disk I/O error", 5: "database is locked",
           8: "database is read-only", 14: "cannot open the database file"}
@@ -16,7 +24,7 @@ _MESSAGES = ("database or disk is full", "disk i/o error", "database is locked",
              "unable to open database file")
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(EdgedError):
     """The database refused a write for a reason of its own (disk full, I/O); nothing was changed."""
 
 

@@ -14,7 +14,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from sqlalchemy import Connection, Engine, exc
 
@@ -107,6 +107,12 @@ class Queue(FileRecords, Recovery):
         self.lease_seconds = lease_seconds
         self.pid = os.getpid()
         self.owner = owner or f"{socket.gethostname()}:{self.pid}"
+
+    def apply(self, settings: Any) -> None:
+        """The queue's share of a reloaded config (a Settings; the store does not import config)."""
+        q = settings.queue
+        self.max_attempts, self.backoff_seconds = q.max_attempts, q.backoff_seconds
+        self.backoff_max_seconds, self.lease_seconds = q.backoff_max_seconds, q.lease_seconds
 
     # -- intake -------------------------------------------------------------------------
 

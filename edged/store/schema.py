@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, MetaData, Table, Text
 
+from edged.exitcodes import EdgedError, ExitCode
 from edged.store.db import read, write
 from edged.timeutil import now_iso
 
@@ -236,8 +237,10 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(EdgedError):
     """The database is not at this edged's schema, and only the daemon may change that."""
+
+    code = ExitCode.DATABASE
 
 
 def current_version(engine: Engine) -> int:
