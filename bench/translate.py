@@ -92,7 +92,7 @@ def main() -> int:
               f"{sum(g.output_tokens for g in gens) / elapsed:.1f} output tok/s", flush=True)
     wall = time.perf_counter() - t0
     try:
-        output = prepared.assemble(gens)
+        output = prepared.assemble(gens).output
         verdict = "done"
     except translate.InputError as exc:  # what the job would fail with; the speed still counts
         output, verdict = "\n\n".join(g.text.strip() for g in gens), f"failed: {exc}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
 
 from sqlalchemy import exc
 
@@ -33,6 +33,7 @@ class _Item:
     files: list[FileRecord]
     prepared: Prepared
     prepare_ms: float
+    notes: dict[str, Any] = field(default_factory=dict)  # prepare's and assemble's, for the job's line
 
 
 class Worker:
@@ -144,18 +145,20 @@ class Worker:
                 permanent = any(isinstance(g, RequestError) for g in errors)
                 self._fail(item.job, f"engine error: {type(errors[0]).__name__}: {errors[0]}", permanent, report)
                 continue
+            done = [g for g in gens if isinstance(g, Generation)]
             try:
-                output = item.prepared.assemble(gens)  # type: ignore[arg-type]
+                assembled = item.prepared.assemble(done)
             except InputError as exc:
                 self._fail(item.job, str(exc), True, report)
                 continue
-            prompt_tokens = sum(g.prompt_tokens for g in gens)  # type: ignore[union-attr]
-            output_tokens = sum(g.output_tokens for g in gens)  # type: ignore[union-attr]
+            item.notes = {**item.prepared.notes, **assembled.notes}
+            prompt_tokens = sum(g.prompt_tokens for g in done)
+            output_tokens = sum(g.output_tokens for g in done)
             report.prompt_tokens += prompt_tokens
             report.output_tokens += output_tokens
             spawn = item.prepared.follow_up
-            finished.append((item, ResultData(output, prompt_tokens, output_tokens, round(report.engine_ms),
-                                              spawn=(spawn["task"], spawn["params"]) if spawn else None)))
+            finished.append((item, ResultData(assembled.output, prompt_tokens, output_tokens, round(report.engine_ms),
+                                              spawn=(spawn.task, spawn.params) if spawn else None)))
         for item, res in finished:
             if item.job.parent_id is not None:
                 # A spawned job has no input file, so no start-up reconcile would notice a
@@ -176,7 +179,7 @@ class Worker:
                      prepare_ms=round(item.prepare_ms, 1), engine_ms=round(report.engine_ms, 1), batch=len(items),
                      prompts=len(item.prepared.requests), prompt_tokens=res.prompt_tokens,
                      output_tokens=res.output_tokens, spawned=res.spawn[0] if res.spawn else None,
-                     **item.prepared.notes)
+                     **item.notes)
         self.on_batch(report)
 
     def _commit(self, finished: list[tuple[_Item, ResultData]], report: BatchReport) -> list[bool]:
@@ -289,7 +292,7 @@ class Worker:
 
     def _timed(self, report: BatchReport, t0: float, ok: bool = True) -> None:
         report.engine_ms += (time.perf_counter() - t0) * 1000
-        timing = getattr(self.engine, "last_timing", None)
+        timing = self.engine.last_timing
         if ok and timing is not None:
             report.prefill_ms += timing.prefill_ms
             report.decode_ms += timing.decode_ms

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import png_bytes
 from edged.engine.api import Generation, ModelInfo
-from edged.tasks import InputError, caption, ocr, translate
+from edged.tasks import FollowUp, InputError, caption, ocr, translate
 from edged.tasks.images import decode_image
 from edged.tasks.text import decode_text
 
@@ -44,9 +44,9 @@ def test_base_models_get_a_completion_prompt_that_stops_at_the_next_pair(make_se
     s = make_settings(tasks={"translate": {"source_language": "en"}})
     [req] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, BASE).requests
     assert req.text == "Translation from English into French.\n\nEnglish:\nGood morning.\n\nFrench:\n"
-    assert "\n\nEnglish:" in req.options["stop"]
+    assert "\n\nEnglish:" in req.stop
     [chat] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, CHAT).requests
-    assert chat.text.startswith("Translate the following English text to French.") and not chat.options
+    assert chat.text.startswith("Translate the following English text to French.") and not chat.stop
 
 
 def test_translation_output_checks(make_settings) -> None:
@@ -56,7 +56,7 @@ def test_translation_output_checks(make_settings) -> None:
     n = len(prepared.requests)
     assert n >= 3
     good = [Generation(f"Eins {i}.", 5, 3) for i in range(n)]
-    assert prepared.assemble(good).startswith("Eins 0.")
+    assert prepared.assemble(good).output.startswith("Eins 0.")
     looping = good[:-1] + [Generation("ja ja ja", 5, 64, finish_reason="repetition")]
     with pytest.raises(InputError, match=rf"repetition loop.*chunk {n} of {n}"):
         prepared.assemble(looping)
@@ -114,8 +114,7 @@ def test_image_tasks_decode_and_prompt(make_settings) -> None:
     assert "verbatim" in ocr.prepare({}, png_bytes(), s, CHAT).requests[0].text
     assert ocr.prepare({}, png_bytes(), s, CHAT).follow_up is None
     chained = make_settings(tasks={"ocr": {"translate_to": "pt_br"}})
-    assert ocr.prepare({}, png_bytes(), chained, CHAT).follow_up == {
-        "task": "translate", "params": {"target_language": "pt-BR"}}
+    assert ocr.prepare({}, png_bytes(), chained, CHAT).follow_up == FollowUp("translate", {"target_language": "pt-BR"})
 
 
 def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:

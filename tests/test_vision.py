@@ -62,10 +62,10 @@ def test_batch_of_three_images_equals_one_by_one(tiny_vision) -> None:
     engine = OnnxEngine(tiny_vision, SessionSettings(provider="cpu"))
     images = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
     images[1].paste((255, 255, 0), (10, 10, 40, 40))
-    reqs = [Request(text, images=(im,), max_new_tokens=20, options={})
+    reqs = [Request(text, images=(im,), max_new_tokens=20)
             for text, im in zip(["describe", "what is in the picture?", "read the text"], images)]
     batched = engine.generate(reqs)
-    same_prompt = [Request("describe", images=(im,), max_new_tokens=20, options={}) for im in images]
+    same_prompt = [Request("describe", images=(im,), max_new_tokens=20) for im in images]
     assert len({g.text for g in engine.generate(same_prompt)}) > 1  # the picture changes the answer
     for req, got in zip(reqs, batched):
         (alone,) = engine.generate([req])
@@ -148,7 +148,7 @@ def test_import_of_a_release_with_a_vision_encoder(tiny_vision, tmp_path) -> Non
     assert m.vision.image_size == 64 and m.tokens.image_soft_token == 264
     engine = OnnxEngine(tmp_path / "out", SessionSettings(provider="cpu"))
     ours = OnnxEngine(tiny_vision, SessionSettings(provider="cpu"))
-    req = Request("describe", images=(Image.new("RGB", (64, 64), "red"),), max_new_tokens=10, options={})
+    req = Request("describe", images=(Image.new("RGB", (64, 64), "red"),), max_new_tokens=10)
     assert engine.generate([req])[0].text == ours.generate([req])[0].text
 
 
@@ -174,8 +174,8 @@ def test_pan_and_scan_equals_gemma3_image_processor(size) -> None:
 def test_pan_and_scan_prompt_and_features(tiny_vision) -> None:
     engine = OnnxEngine(tiny_vision, SessionSettings(provider="cpu"))
     page = Image.new("RGB", (300, 900), "white")
-    plain = Request("read", images=(page,), max_new_tokens=4, options={})
-    scanned = Request("read", images=(page,), max_new_tokens=4, options={"pan_and_scan": 4})
+    plain = Request("read", images=(page,), max_new_tokens=4)
+    scanned = Request("read", images=(page,), max_new_tokens=4, pan_and_scan=4)
     views = engine.views(scanned)
     assert len(views[0]) == 1 + 3  # the page and three crops of 300x300
     ids = engine.prompt_ids(scanned, views)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence, runtime_checkable
 
 from edged.exitcodes import EdgedError, ExitCode
+
+
+FinishReason = Literal["stop", "length", "repetition"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling instead of greedy decoding (temperature 0 is greedy)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -14,8 +27,10 @@ class Request:
 
     text: str
     images: tuple[Any, ...] = ()  # RGB PIL images, placed before the text
-    max_new_tokens: Optional[int] = None
-    options: dict[str, Any] = field(default_factory=dict)
+    max_new_tokens: Optional[int] = None  # None: the engine's default
+    stop: tuple[str, ...] = ()  # strings that end the answer once it has begun (checked on decoded text)
+    pan_and_scan: int = 0  # at most this many extra crops of a tall or wide image (0: none)
+    sampling: Optional[Sampling] = None  # None: the engine's defaults
 
 
 @dataclass(frozen=True)
@@ -23,7 +38,16 @@ class Generation:
     text: str
     prompt_tokens: int
     output_tokens: int
-    finish_reason: str = "stop"  # stop | length | repetition
+    finish_reason: FinishReason = "stop"
+
+
+@dataclass
+class BatchTiming:
+    """Where the last engine call's time went (prefill and decode), for the batch's log line."""
+
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,7 @@ class ModelUnavailable(EdgedError):
 class Engine(Protocol):
     name: str  # the model's name, recorded with every job and result
     provider: str  # where it runs: "cpu", "cuda", …
+    last_timing: Optional[BatchTiming]  # of the last generate() call; None when the engine does not say
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """Run a batch; one Generation per Request, in order."""

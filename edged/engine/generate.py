@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from edged.engine.api import RequestError
+from edged.engine.api import BatchTiming, FinishReason, RequestError
 from edged.models.manifest import Manifest
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -40,14 +40,7 @@ class GenParams:
 class SeqOut:
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
-    finish_reason: str = "length"
-
-
-@dataclass
-class BatchTiming:
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-    steps: int = 0
+    finish_reason: FinishReason = "length"
 
 
 def repeating(tokens: Sequence[int], max_period: int = 32, min_span: int = 48, min_reps: int = 4) -> bool:

@@ -78,8 +78,7 @@ class OnnxEngine:
         """Per image: the whole picture, then its pan-and-scan crops when the request asks for them."""
         if req.images and self.vision is None:
             raise RequestError(f"model {self.name} has no vision encoder: it cannot read images")
-        max_crops = int(req.options.get("pan_and_scan", 0) or 0)
-        return [[im, *(pan_and_scan(im, max_crops) if max_crops else [])] for im in req.images]
+        return [[im, *(pan_and_scan(im, req.pan_and_scan) if req.pan_and_scan else [])] for im in req.images]
 
     def prompt_ids(self, req: Request, views: list[list[Image.Image]]) -> list[int]:
         n_tokens = self.manifest.vision.tokens_per_image if req.images else 0
@@ -106,17 +105,19 @@ class OnnxEngine:
         views = [self.views(r) for r in requests]
         prompts = [self.prompt_ids(r, v) for r, v in zip(requests, views)]
         features = self.image_features(views)
-        params = [GenParams(
-            max_new_tokens=r.max_new_tokens or self.defaults.max_new_tokens,
-            temperature=r.options.get("temperature", self.defaults.temperature),
-            top_k=r.options.get("top_k", self.defaults.top_k),
-            top_p=r.options.get("top_p", self.defaults.top_p),
-            seed=r.options.get("seed", self.defaults.seed),
-            stop_check=self._stop_check(r.options.get("stop") or ()),
-        ) for r in requests]
+        params = [self._params(r) for r in requests]
         outs, self.last_timing = self.generator.run(prompts, params, features)
-        return [Generation(self._text(o.tokens, r.options.get("stop") or ()), o.prompt_tokens, len(o.tokens),
-                           o.finish_reason) for o, r in zip(outs, requests)]
+        return [Generation(self._text(o.tokens, r.stop), o.prompt_tokens, len(o.tokens), o.finish_reason)
+                for o, r in zip(outs, requests)]
+
+    def _params(self, r: Request) -> GenParams:
+        d, s = self.defaults, r.sampling
+        return GenParams(
+            max_new_tokens=r.max_new_tokens or d.max_new_tokens,
+            temperature=s.temperature if s else d.temperature, top_k=s.top_k if s else d.top_k,
+            top_p=s.top_p if s else d.top_p, seed=s.seed if s else d.seed,
+            stop_check=self._stop_check(r.stop),
+        )
 
     def close(self) -> None:
         self.embed = self.decoder = self.vision = None  # type: ignore[assignment]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from edged.tasks import caption, ocr, translate
-from edged.tasks.base import InputError, Prepared, Task
+from edged.tasks.base import Assembled, FollowUp, InputError, Prepared, Task
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (caption, ocr, translate)}
 TASK_NAMES = tuple(REGISTRY)
@@ -15,4 +15,4 @@ def get(name: str) -> Task:
     return REGISTRY[name]  # type: ignore[return-value]
 
 
-__all__ = ["InputError", "Prepared", "REGISTRY", "TASK_NAMES", "Task", "get"]
+__all__ = ["Assembled", "FollowUp", "InputError", "Prepared", "REGISTRY", "TASK_NAMES", "Task", "get"]

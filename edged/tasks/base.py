@@ -14,7 +14,23 @@ class InputError(Exception):
     """The input itself is unusable (or produced unusable output): fail the job, don't retry."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class FollowUp:
+    """A job that a job spawns when it is done, with its result as the new job's input."""
+
+    task: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """The job's result, and what assembling it found out (for the job's log line)."""
+
+    output: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A job made ready for the model: one or more prompts, and how their outputs become one result.
 
@@ -23,9 +39,9 @@ class Prepared:
     """
 
     requests: list[Request]
-    assemble: Callable[[list[Generation]], str]
+    assemble: Callable[[list[Generation]], Assembled]
     notes: dict[str, Any] = field(default_factory=dict)  # facts for the job's log line (encoding, chunks…)
-    follow_up: Optional[dict[str, Any]] = None  # a job this one spawns when done: {"task", "params"}
+    follow_up: Optional[FollowUp] = None
 
 
 class Task(Protocol):
@@ -69,8 +85,10 @@ def require_text(generation: Generation, allow_loop: bool = False) -> str:
     return text
 
 
-def single(request: Request, finish: Callable[[Generation], str], **notes: Any) -> Prepared:
-    return Prepared([request], lambda gens: finish(gens[0]), notes={k: v for k, v in notes.items() if v})
+def single(request: Request, finish: Callable[[Generation], str], follow_up: Optional[FollowUp] = None,
+           **notes: Any) -> Prepared:
+    return Prepared([request], lambda gens: Assembled(finish(gens[0])), notes={k: v for k, v in notes.items() if v},
+                    follow_up=follow_up)
 
 
 _SPACES = re.compile(r"[ \t\f\v]+")

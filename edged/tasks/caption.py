@@ -18,8 +18,8 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
 
 
 def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
-    request = image_request(data, settings.tasks.caption, DEFAULT_PROMPT, settings)
-    return single(request, finish, notes=request.options.get("notes"))
+    request, notes = image_request(data, settings.tasks.caption, DEFAULT_PROMPT, settings)
+    return single(request, finish, notes=notes)
 
 
 def finish(generation: Generation) -> str:

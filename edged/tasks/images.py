@@ -53,13 +53,13 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
     return img, notes
 
 
-def image_request(data: bytes, cfg: ImageTaskSettings, default_prompt: str, settings: Settings) -> Request:
-    """The engine request of an image task: the decoded picture and the task's prompt."""
+def image_request(data: bytes, cfg: ImageTaskSettings, default_prompt: str,
+                  settings: Settings) -> tuple[Request, list[str]]:
+    """The engine request of an image task (the decoded picture and the task's prompt), and the
+    decoder's notes for the job's log line."""
     check_size(data, cfg)
     image, notes = decode_image(data, cfg.max_pixels)
-    return Request(
-        text=render(cfg.prompt or default_prompt),
-        images=(image,),
-        max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,
-        options={"notes": notes, "pan_and_scan": cfg.max_crops if cfg.pan_and_scan else 0},
-    )
+    request = Request(text=render(cfg.prompt or default_prompt), images=(image,),
+                      max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,
+                      pan_and_scan=cfg.max_crops if cfg.pan_and_scan else 0)
+    return request, notes

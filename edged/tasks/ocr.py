@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from edged.config import Settings
 from edged.engine.api import Generation, ModelInfo
-from edged.tasks.base import Prepared, require_text, single, tidy_lines
+from edged.tasks.base import FollowUp, Prepared, require_text, single, tidy_lines
 from edged.tasks.images import image_request
 
 name = "ocr"
@@ -22,12 +22,10 @@ def params_for(rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
 
 def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: ModelInfo) -> Prepared:
     cfg = settings.tasks.ocr
-    request = image_request(data, cfg, DEFAULT_PROMPT, settings)
-    prepared = single(request, finish, notes=request.options.get("notes"))
-    if cfg.translate_to:
-        # The recognised text becomes a translate job of its own (linked by parent_id).
-        prepared.follow_up = {"task": "translate", "params": {"target_language": cfg.translate_to}}
-    return prepared
+    request, notes = image_request(data, cfg, DEFAULT_PROMPT, settings)
+    # The recognised text becomes a translate job of its own (linked by parent_id).
+    follow_up = FollowUp("translate", {"target_language": cfg.translate_to}) if cfg.translate_to else None
+    return single(request, finish, notes=notes, follow_up=follow_up)
 
 
 def finish(generation: Generation) -> str:

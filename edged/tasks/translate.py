@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from edged.config import Settings, TranslateSettings
 from edged.engine.api import Generation, ModelInfo, Request
-from edged.tasks.base import InputError, Prepared, check_size, render, require_text
+from edged.tasks.base import Assembled, InputError, Prepared, check_size, render, require_text
 from edged.tasks.chunking import reassemble, split_text
 from edged.languages import LANGUAGES, accepted, normalise
 from edged.tasks.text import decode_text
@@ -88,22 +88,22 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
     split = split_text(text, budget, model.count_tokens)
     stop = _stops(template, fields, model)
 
-    def options(body: str) -> dict[str, Any]:
+    def stops(body: str) -> tuple[str, ...]:
         if not stop:
-            return {}
+            return ()
         # A chunk of one paragraph is translated as one paragraph: a base model that starts
         # another one has moved on to inventing text.
-        return {"stop": stop + ([] if "\n\n" in body else ["\n\n"])}
+        return tuple(stop + ([] if "\n\n" in body else ["\n\n"]))
 
     requests = [Request(text=render(template, **fields, text=chunk.body), max_new_tokens=max_new,
-                        options=options(chunk.body)) for chunk in split.chunks]
+                        stop=stops(chunk.body)) for chunk in split.chunks]
     hard = sum(c.hard_split for c in split.chunks)
 
     notes = {"encoding": encoding, "chars": len(text), "chunks": len(split.chunks), "chunk_budget": budget,
              "target_language": tag, "hard_splits": hard or None}
     notes = {k: v for k, v in notes.items() if v is not None}
 
-    def assemble(generations: list[Generation]) -> str:
+    def assemble(generations: list[Generation]) -> Assembled:
         outputs = []
         for i, gen in enumerate(generations):
             try:
@@ -114,8 +114,6 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
         # Said in the job's log line: a chunk that hit max_new_tokens may have lost its end (an
         # instruction-tuned model), or rambled past it (a base model, where the cut is right).
         at_limit = sum(g.finish_reason == "length" for g in generations)
-        if at_limit:
-            notes["chunks_at_max_new_tokens"] = at_limit
-        return reassemble(split, outputs)
+        return Assembled(reassemble(split, outputs), {"chunks_at_max_new_tokens": at_limit} if at_limit else {})
 
     return Prepared(requests, assemble, notes=notes)

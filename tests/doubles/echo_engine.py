@@ -23,6 +23,7 @@ from edged.engine.api import EngineError, Generation, ModelInfo, Request
 
 class EchoEngine:
     provider = "cpu"
+    last_timing = None  # the double does not split prefill from decode
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.name = str(options.get("name", "echo-test"))
