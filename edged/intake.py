@@ -64,9 +64,10 @@ class Intake:
         Raises Deferred (with the paths not yet recorded) while the database cannot
         take writes.
         """
-        if self.paused():
-            return []
         paths = list(paths)
+        if self.paused():
+            log.debug("intake_declined", files=len(paths), reason="low disk space")
+            return []
         if self.store_down is not None and self._clock() < self._store_retry_at:
             raise Deferred(paths)
         results: list[tuple[NewFile, Enqueued]] = []

@@ -130,7 +130,7 @@ def test_qgemm_output_layer_is_matmulinteger_and_close_to_fp32(tiny_fp32) -> Non
     # Activations are quantized per call (one scale for the batch), so batched rows need not
     # equal single ones bit for bit as they do in fp32; they must still generate.
     gens = e.generate([Request("hello there", max_new_tokens=6), Request("a much longer prompt", max_new_tokens=6)])
-    assert all(g.output_tokens > 0 or g.finish_reason == "stop" for g in gens)
+    assert all(g.output_tokens > 0 for g in gens), gens
 
 
 def test_int4_export_runs_and_stays_close(tiny_fp32) -> None:
@@ -141,7 +141,7 @@ def test_int4_export_runs_and_stays_close(tiny_fp32) -> None:
     assert rep["max_abs_logit_diff"] < 5.0  # random weights: close, not equal
     e = OnnxEngine(q, SessionSettings(provider="cpu"))
     (g,) = e.generate([Request("hello", max_new_tokens=8)])
-    assert g.output_tokens > 0 or g.finish_reason == "stop"
+    assert g.output_tokens > 0, g
     assert (q / "decoder_model_merged.onnx").stat().st_size < (tiny_fp32 / "decoder_model_merged.onnx").stat().st_size / 2
 
 

@@ -13,7 +13,7 @@ from model_cache import built_model
 from edged.cli import main
 from edged.exitcodes import ExitCode
 from edged.models import default
-from edged.models.importer import ImportError_, import_onnx_community
+from edged.models.importer import ReleaseError, import_onnx_community
 from edged.models.manifest import Manifest, ManifestError
 from edged.commands.model import verify_model
 
@@ -59,7 +59,7 @@ def test_import_of_an_onnx_community_layout(tiny: Path, tmp_path: Path) -> None:
     shutil.copy(tiny / "tokenizer.json", release / "tokenizer.json")
     recipe = json.loads((REPO / "models" / "tiny-gemma3-text.json").read_text())
     (release / "config.json").write_text(json.dumps({"text_config": recipe["text_config"]}))
-    with pytest.raises(ImportError_, match="no embed_tokens/decoder_model_merged graphs for dtype fp16"):
+    with pytest.raises(ReleaseError, match="no embed_tokens/decoder_model_merged graphs for dtype fp16"):
         import_onnx_community(release, tmp_path / "out16", "fp16")
     m = import_onnx_community(release, tmp_path / "out", "q4", position_base=0)
     assert m.name == "tiny-it" and m.weights == "int4" and m.decoder["logits"] == "all"

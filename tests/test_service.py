@@ -73,15 +73,18 @@ def test_a_batch_past_the_grace_is_handed_back_and_runs_once_after_restart(daemo
     assert d.query("SELECT attempts FROM jobs") == [(1,)] * 3
 
 
-def test_a_second_sigterm_stops_at_once_without_losing_the_batch(daemon_factory) -> None:
-    d = daemon_factory(model={"options": {"delay_s": 60.0}}, queue={"drain_grace_seconds": 600})
+def test_a_second_sigterm_stops_at_once_without_losing_the_batch(daemon_factory, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    d = daemon_factory(model={"options": {"delay_s": 60.0, "calls_file": str(calls)}},
+                       queue={"drain_grace_seconds": 600})
     _drop(d, 2)
     d.start()
     _wait_running(d, 2)
+    d.wait_until(lambda: calls.exists() and "start" in calls.read_text(), what="the batch in the model")
     d.proc.send_signal(signal.SIGTERM)
     d.wait_for_event("stopping")
-    time.sleep(0.5)
-    assert d.proc.poll() is None  # still draining
+    # Draining: the daemon is up and the model call it was in has not ended.
+    assert d.proc.poll() is None and "end" not in calls.read_text()
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(timeout=15) == 0
     assert d.query("SELECT status, attempts FROM jobs") == [("queued", 0)] * 2
@@ -118,11 +121,13 @@ def _window_away_from_now() -> str:
 
 
 def test_outside_the_processing_window_intake_goes_on_and_the_model_waits(daemon_factory) -> None:
-    d = daemon_factory(schedule={"processing_windows": [_window_away_from_now()]})
+    d = daemon_factory(schedule={"processing_windows": [_window_away_from_now()], "summary_seconds": 0.5})
     d.start()
     _drop(d, 3)
     d.wait_until(lambda: _count(d, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'") == 3, what="3 queued")
-    time.sleep(2.0)
+    # A whole summary period went by with the three queued and nothing done.
+    d.wait_until(lambda: any(e.get("event") == "throughput" and e["queued"] == 3 for e in d.events()),
+                 what="a period with 3 queued")
     assert _count(d, "SELECT COUNT(*) FROM jobs WHERE status != 'queued'") == 0
     assert not any(e.get("event") == "batch" for e in d.events())
     state = dict(d.query("SELECT key, value FROM runtime"))
@@ -134,12 +139,13 @@ def test_outside_the_processing_window_intake_goes_on_and_the_model_waits(daemon
 
 
 def test_low_disk_pauses_intake_and_it_resumes_by_itself(daemon_factory) -> None:
-    d = daemon_factory(spool={"min_free_mb": 10**12})
+    d = daemon_factory(spool={"min_free_mb": 10**12}, log={"level": "debug"})
     d.start()
     paused = d.last_event("intake_paused")
     assert paused["min_free_mb"] == 10**12 and paused["free_mb"] < 10**12
     files = _drop(d, 2)
-    time.sleep(2.5)  # past the stability period: the watcher offered them and intake declined
+    d.wait_until(lambda: sum(e.get("files", 0) for e in d.events() if e.get("event") == "intake_declined") >= 2,
+                 what="the watcher offered both and intake declined them")
     assert _count(d, "SELECT COUNT(*) FROM files") == 0 and all(p.exists() for p in files)
     status = subprocess.run([sys.executable, "-m", "edged", "status", "--json", "-c", str(d.config_path)],
                             capture_output=True, text=True, env=d.env(), check=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edged.store import NewFile, Queue, ResultData, Settled, backoff_delay, migrate, open_engine, open_queue
-from edged.store.schema import SCHEMA_VERSION, current_version, metadata
+from edged.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaMismatch, current_version
 from edged.timeutil import parse_iso, utcnow
 
 
@@ -38,9 +38,44 @@ def test_migrations_from_an_empty_file(tmp_path: Path) -> None:
     assert current_version(engine) == SCHEMA_VERSION
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    for table in metadata.sorted_tables:
-        cols = [r[1] for r in con.execute(f"PRAGMA table_info({table.name})")]
-        assert cols == [c.name for c in table.columns], table.name
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "results", "files", "throughput", "runtime", "schema_migrations"} <= tables
+
+
+def test_migrations_from_a_populated_v1_database_keep_every_row(tmp_path: Path) -> None:
+    """A box that ran the first release for a while: its rows survive, new columns get defaults."""
+    db = tmp_path / "v1.db"
+    con = sqlite3.connect(db)
+    for statement in MIGRATIONS[0]:
+        con.execute(statement)
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    con.execute("INSERT INTO schema_migrations VALUES (1, '2026-11-27T00:00:00.000Z')")
+    t = "2026-11-27T10:00:00.000Z"
+    con.executemany("INSERT INTO jobs (id, task, params, model, source_path, sha256, size_bytes, status, attempts,"
+                    " created_at, finished_at, next_run_at) VALUES (?, ?, '{}', 'm', ?, ?, 5, ?, ?, ?, ?, ?)",
+                    [(1, "caption", "caption/a.png", "s1", "done", 1, t, t, t),
+                     (2, "ocr", "ocr/b.png", "s2", "queued", 0, t, None, t),
+                     (3, "translate", "translate/c.txt", "s3", "running", 1, t, None, t)])
+    con.execute("INSERT INTO results (job_id, task, output, model, created_at) VALUES (1, 'caption', 'a cat', 'm', ?)",
+                (t,))
+    con.executemany("INSERT INTO files (job_id, path, inode, state, duplicate, received_at, moved_to)"
+                    " VALUES (?, ?, ?, ?, 0, ?, ?)",
+                    [(1, "caption/a.png", 11, "done", t, "done/caption/a.png"), (2, "ocr/b.png", 12, "pending", t, None),
+                     (3, "translate/c.txt", 13, "pending", t, None)])
+    con.commit()
+    con.close()
+    engine = open_engine(f"sqlite:///{db}")
+    assert migrate(engine) == list(range(2, SCHEMA_VERSION + 1))
+    q = Queue(engine)
+    assert q.job_status(1) == ("done", None, 1) and q.result_output(1) == "a cat"
+    assert q.files_of([2])[2][0].path == "ocr/b.png" and q.files_of([2])[2][0].inode == 12
+    # The job a v1 daemon left running goes back, its attempt given back (no batch size was recorded).
+    assert q.recover(everything=True) == (1, 0)
+    assert q.job_status(3) == ("queued", None, 0)
+    assert [j.id for j in q.claim(5)] == [3]  # it runs alone first
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT solo, crashes, lease_batch FROM jobs WHERE id = 2").fetchone() == (0, 0, None)
+    assert con.execute("SELECT left_in_inbox, moved_inode FROM files WHERE job_id = 1").fetchone() == (0, None)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -48,7 +83,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     migrate(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO schema_migrations VALUES (999, 'x')")
-    with pytest.raises(RuntimeError, match="newer than this edged"):
+    with pytest.raises(SchemaMismatch, match="newer than this edged"):
         migrate(engine)
 
 
@@ -133,13 +168,28 @@ def test_failures_back_off_then_fail_for_good(queue: Queue) -> None:
     assert queue.job_status(job.id) == ("failed", "transient 3", 3)
 
 
+class Clock:
+    """A clock a test moves by hand: lease expiry without sleeping."""
+
+    def __init__(self) -> None:
+        self.t = utcnow()
+
+    def __call__(self):  # noqa: ANN204 - datetime
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += timedelta(seconds=seconds)
+
+
 def test_lease_expiry_requeues_and_counts_the_death_apart(tmp_path: Path) -> None:
-    q = open_queue(_url(tmp_path), max_attempts=2, lease_seconds=0.05, owner="dead-worker", backoff_seconds=0)
-    sweeper = Queue(q.engine, max_attempts=2, owner="sweeper", backoff_seconds=0)
+    clock = Clock()
+    q = open_queue(_url(tmp_path), max_attempts=2, lease_seconds=60, owner="dead-worker", backoff_seconds=0,
+                   clock=clock)
+    sweeper = Queue(q.engine, max_attempts=2, owner="sweeper", backoff_seconds=0, clock=clock)
     q.enqueue([_file("a", "s")], "m")
     (job,) = q.claim(1)
     assert sweeper.recover() == (0, 0)  # lease still valid
-    time.sleep(0.1)
+    clock.advance(61)
     assert q.recover() == (0, 0)  # a worker never expires its own batch in flight
     assert sweeper.recover() == (1, 0)
     # The old holder's late result is refused: the job is no longer its to finish.
@@ -148,7 +198,7 @@ def test_lease_expiry_requeues_and_counts_the_death_apart(tmp_path: Path) -> Non
     for death in range(2, 5):
         (job,) = q.claim(1)
         assert job.attempts == 1
-        time.sleep(0.1)
+        clock.advance(61)
         assert sweeper.recover() == ((1, 0) if death < 4 else (0, 1))
     status, error, attempts = q.job_status(job.id)
     assert status == "failed" and "died 4 times while running this job alone, with no cause recorded" in error

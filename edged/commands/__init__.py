@@ -19,7 +19,7 @@ from sqlalchemy import exc
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.store import StoreUnavailable
-from edged.store.db import read, sqlite_path
+from edged.store.db import read, run, sqlite_path
 from edged.wiring import Access, Parts, open_parts
 
 
@@ -71,7 +71,7 @@ def command_parts(settings: Settings, access: Access) -> Parts:
         parts = open_parts(settings, access)
         # Open now, so that a permission problem shows here and not halfway through a command.
         with read(parts.queue.engine) as conn:
-            conn.exec_driver_sql("SELECT 1 FROM jobs LIMIT 1").all()
+            run(conn, "SELECT 1 FROM jobs LIMIT 1").all()
         if access == "write" and path is not None and not _may_write(path):
             # SQLite makes the database 0640 under the unit's umask: the spool group reads it,
             # only the daemon's user writes it.

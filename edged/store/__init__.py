@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from edged.store.db import DatabaseMissing, open_engine, read, write
 from edged.store.errors import StoreUnavailable
 from edged.store.files import FileRecord, Settled
-from edged.store.queue import (
-    DONE, FAILED, QUEUED, RUNNING, Enqueued, Job, NewFile, Queue, ResultData, backoff_delay, canonical_params,
-)
+from edged.store.backoff import backoff_delay
+from edged.store.queue import Enqueued, Job, NewFile, Queue, ResultData, canonical_params
+from edged.store.states import DONE, FAILED, QUEUED, RUNNING, FileState, JobState, JobStatus, Outcome, Recovered
 from edged.store.schema import SchemaMismatch, migrate, require_current
 
 __all__ = [
-    "DONE", "FAILED", "QUEUED", "RUNNING", "DatabaseMissing", "Enqueued", "FileRecord", "Job", "NewFile", "Queue",
-    "ResultData", "SchemaMismatch", "Settled", "StoreUnavailable", "backoff_delay", "canonical_params",
+    "DONE", "FAILED", "QUEUED", "RUNNING", "DatabaseMissing", "Enqueued", "FileRecord", "FileState", "Job", "JobState",
+    "JobStatus", "NewFile", "Outcome", "Queue", "Recovered", "ResultData", "SchemaMismatch", "Settled",
+    "StoreUnavailable", "backoff_delay", "canonical_params",
     "migrate", "open_engine", "open_queue", "read", "require_current", "write",
 ]
 
 
 def open_queue(url: str, *, owner: Optional[str] = None, readonly: bool = False, migrate_schema: bool = True,
-               **options: float) -> Queue:
+               **options: Any) -> Queue:
     """The queue of the database at `url`.
 
     The daemon opens it read-write and migrates it (creating it if need be). The operator's

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, CursorResult, Engine, bindparam, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -84,10 +84,7 @@ def open_engine(url: str, readonly: bool = False, create: bool = True) -> Engine
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if readonly or conn.get_execution_options().get("readonly"):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if readonly or conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -106,6 +103,15 @@ def write(engine: Engine) -> Iterator[Connection]:
         if reason is None:
             raise
         raise StoreUnavailable(reason) from error
+
+
+def run(conn: Connection, statement: str, expanding: tuple[str, ...] = (), **params: Any) -> CursorResult:
+    """One statement with `:name` binds (the one SQL style of the store: portable, unlike the
+    DB-API's own `?`); `expanding` names the binds that take a list (`IN :ids`)."""
+    clause = text(statement)
+    if expanding:
+        clause = clause.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    return conn.execute(clause, params)
 
 
 @contextmanager

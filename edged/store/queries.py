@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from sqlalchemy import Engine
 
-from edged.store.db import read
+from edged.store.db import read, run
 from edged.timeutil import iso, parse_iso, utcnow
 
 
@@ -19,22 +19,17 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
     with read(engine) as conn:
         by_task: dict[str, dict[str, int]] = {}
         totals = {"queued": 0, "running": 0, "done": 0, "failed": 0}
-        for task, status, n in conn.exec_driver_sql(
-            "SELECT task, status, COUNT(*) FROM jobs GROUP BY task, status ORDER BY task"
-        ).all():
+        for task, status, n in run(conn, "SELECT task, status, COUNT(*) FROM jobs GROUP BY task, status ORDER BY task"):
             by_task.setdefault(task, {k: 0 for k in totals})[status] = n
             totals[status] += n
-        oldest = conn.exec_driver_sql("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").scalar()
-        done, failed = conn.exec_driver_sql(
-            "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(status = 'failed'), 0) FROM jobs"
-            " WHERE finished_at >= ?", (hour_ago,)
-        ).one()
-        tokens, busy_ms = conn.exec_driver_sql(
-            "SELECT COALESCE(SUM(output_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM results WHERE created_at >= ?",
-            (hour_ago,),
-        ).one()
-        files_waiting = conn.exec_driver_sql("SELECT COUNT(*) FROM files WHERE state = 'pending'").scalar_one()
-        stuck, left = conn.exec_driver_sql(
+        oldest = run(conn, "SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").scalar()
+        done, failed = run(conn, "SELECT COUNT(CASE WHEN status = 'done' THEN 1 END),"
+                                 " COUNT(CASE WHEN status = 'failed' THEN 1 END) FROM jobs WHERE finished_at >= :since",
+                           since=hour_ago).one()
+        tokens, busy_ms = run(conn, "SELECT COALESCE(SUM(output_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM results"
+                                    " WHERE created_at >= :since", since=hour_ago).one()
+        files_waiting = run(conn, "SELECT COUNT(*) FROM files WHERE state = 'pending'").scalar_one()
+        stuck, left = run(conn, 
             "SELECT (SELECT COUNT(*) FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.state = 'pending'"
             "   AND j.status IN ('done', 'failed') AND f.settle_error IS NOT NULL),"
             " (SELECT COUNT(*) FROM files WHERE left_in_inbox = 1)").one()
@@ -64,11 +59,10 @@ def throughput_since(engine: Engine, hours: float, now: Optional[datetime] = Non
     """Totals of the daemon's own throughput rows over the last `hours`."""
     now = now or utcnow()
     with read(engine) as conn:
-        row = conn.exec_driver_sql(
-            "SELECT COUNT(*), COALESCE(SUM(jobs_done), 0), COALESCE(SUM(jobs_failed), 0),"
-            " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(engine_ms), 0), MIN(period_start), MAX(period_end)"
-            " FROM throughput WHERE period_end >= ?", (iso(now - timedelta(hours=hours)),)
-        ).one()
+        row = run(conn, "SELECT COUNT(*), COALESCE(SUM(jobs_done), 0), COALESCE(SUM(jobs_failed), 0),"
+                        " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(engine_ms), 0), MIN(period_start),"
+                        " MAX(period_end) FROM throughput WHERE period_end >= :since",
+                  since=iso(now - timedelta(hours=hours))).one()
     periods, done, failed, tokens, busy_ms, start, end = row
     span = (parse_iso(end) - parse_iso(start)).total_seconds() if start and end else 0
     return {
@@ -87,18 +81,19 @@ def list_results(
     limit: Optional[int] = 50,
 ) -> list[dict[str, Any]]:
     """Finished (or, with `status`, any) jobs with their result, newest first."""
-    where, args = [], []
+    where: list[str] = []
+    args: dict[str, Any] = {}
     if task:
-        where.append("j.task = ?")
-        args.append(task)
+        where.append("j.task = :task")
+        args["task"] = task
     if status:
-        where.append("j.status = ?")
-        args.append(status)
+        where.append("j.status = :status")
+        args["status"] = status
     else:
         where.append("j.status IN ('done', 'failed')")
     if since:
-        where.append("COALESCE(j.finished_at, j.created_at) >= ?")
-        args.append(iso(since))
+        where.append("COALESCE(j.finished_at, j.created_at) >= :since")
+        args["since"] = iso(since)
     sql = (
         "SELECT j.id AS job_id, j.task, j.status, j.source_path, j.params, j.sha256, j.attempts, j.error,"
         " j.created_at, j.finished_at, r.output, COALESCE(r.model, j.model) AS model, r.prompt_tokens,"
@@ -106,10 +101,10 @@ def list_results(
         f" WHERE {' AND '.join(where)} ORDER BY COALESCE(j.finished_at, j.created_at) DESC, j.id DESC"
     )
     if limit:
-        sql += " LIMIT ?"
-        args.append(limit)
+        sql += " LIMIT :limit"
+        args["limit"] = limit
     with read(engine) as conn:
-        rows = conn.exec_driver_sql(sql, tuple(args)).mappings().all()
+        rows = run(conn, sql, **args).mappings().all()
     out = []
     for row in rows:
         item = dict(row)
@@ -120,4 +115,4 @@ def list_results(
 
 def failed_job_ids(engine: Engine) -> list[int]:
     with read(engine) as conn:
-        return list(conn.exec_driver_sql("SELECT id FROM jobs WHERE status = 'failed' ORDER BY id").scalars())
+        return list(run(conn, "SELECT id FROM jobs WHERE status = 'failed' ORDER BY id").scalars())

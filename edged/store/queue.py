@@ -13,20 +13,22 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Optional, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Callable, Optional, Sequence
 
 from sqlalchemy import Connection, Engine, exc
 
-from edged.store.db import read, write
-from edged.store.errors import StoreUnavailable
 from edged.pathnames import displayable, to_db
 from edged.store.backoff import backoff_delay
+from edged.store.db import read, run, write
+from edged.store.errors import StoreUnavailable
 from edged.store.files import FileRecords
 from edged.store.recovery import Recovery
-from edged.timeutil import iso, now_iso, parse_iso, utcnow
+from edged.store.states import DONE, FAILED, QUEUED, RUNNING, JobState, JobStatus, Outcome
+from edged.timeutil import iso, parse_iso, utcnow
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+__all__ = ["DONE", "FAILED", "QUEUED", "RUNNING", "Enqueued", "Job", "NewFile", "Queue", "ResultData",
+           "canonical_params"]
 
 
 def canonical_params(params: dict) -> str:
@@ -53,7 +55,7 @@ class NewFile:
 class Enqueued:
     job_id: Optional[int]
     file_id: Optional[int]
-    outcome: str  # new | attached | duplicate | requeued | refused | known
+    outcome: Outcome
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,16 @@ class ResultData:
 _JOB_COLUMNS = "id, task, params, model, source_path, sha256, attempts, created_at, parent_id"
 
 
-def _job(row) -> Job:  # noqa: ANN001 - a SQLAlchemy Row
+def _job(row: Any) -> Job:
     return Job(row.id, row.task, json.loads(row.params), row.model, row.source_path, row.sha256,
                row.attempts, row.created_at, row.parent_id)
 
 
 class Queue(FileRecords, Recovery):
-    """One storage interface for jobs and their files; knows nothing of images, prompts or ONNX."""
+    """One storage interface for jobs and their files; knows nothing of images, prompts or ONNX.
+
+    `clock` tells the time of every state change and lease (a test's clock can run ahead).
+    """
 
     def __init__(
         self,
@@ -99,6 +104,7 @@ class Queue(FileRecords, Recovery):
         backoff_max_seconds: float = 3600.0,
         lease_seconds: float = 900.0,
         owner: Optional[str] = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.max_attempts = max_attempts
@@ -107,6 +113,10 @@ class Queue(FileRecords, Recovery):
         self.lease_seconds = lease_seconds
         self.pid = os.getpid()
         self.owner = owner or f"{socket.gethostname()}:{self.pid}"
+        self.clock = clock
+
+    def now(self) -> str:
+        return iso(self.clock())
 
     def apply(self, settings: Any) -> None:
         """The queue's share of a reloaded config (a Settings; the store does not import config)."""
@@ -121,78 +131,62 @@ class Queue(FileRecords, Recovery):
 
         Raises StoreUnavailable (nothing recorded) when the database cannot take the write.
         """
-        now = now_iso()
-        out: list[Enqueued] = []
+        now = self.now()
         with write(self.engine) as conn:
-            for item in items:
-                out.append(self._enqueue_one(conn, item, model, now))
-        return out
+            return [self._enqueue_one(conn, item, model, now) for item in items]
 
     def _enqueue_one(self, conn: Connection, item: NewFile, model: str, now: str) -> Enqueued:
         path = to_db(item.path)
-        pending = conn.exec_driver_sql(
-            "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256 FROM files f"
-            " JOIN jobs j ON j.id = f.job_id WHERE f.path = ? AND f.state = 'pending'", (path,)
-        ).first()
+        pending = run(conn, "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256"
+                            " FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.path = :path AND f.state = 'pending'",
+                      path=path).first()
+        fingerprint = {"inode": item.inode, "size": item.size_bytes, "mtime": item.mtime_ns, "ctime": item.ctime_ns}
         if pending is not None:
             same_file = (pending.inode, pending.size_bytes, pending.mtime_ns) == (item.inode, item.size_bytes,
                                                                                    item.mtime_ns)
             if item.refused is None and pending.sha256 == item.sha256:
                 if not same_file or pending.ctime_ns != item.ctime_ns:
                     # The same bytes under a new inode (copied again): the record follows the file.
-                    conn.exec_driver_sql(
-                        "UPDATE files SET inode = ?, size_bytes = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
-                        (item.inode, item.size_bytes, item.mtime_ns, item.ctime_ns, pending.id))
+                    run(conn, "UPDATE files SET inode = :inode, size_bytes = :size, mtime_ns = :mtime,"
+                              " ctime_ns = :ctime WHERE id = :id", id=pending.id, **fingerprint)
                 return Enqueued(pending.job_id, pending.id, "known")
             if item.refused is not None and pending.sha256 is None and same_file:
                 return Enqueued(pending.job_id, pending.id, "known")  # a refusal still waiting to be moved
             # The file was replaced in place before its job ran: the old record no longer
             # describes what is on disk.
-            conn.exec_driver_sql(
-                "UPDATE files SET state = 'superseded', settled_at = ? WHERE id = ?", (now, pending.id)
-            )
-        params = canonical_params(item.params)
-        source = displayable(item.path)  # jobs.source_path is for people: always text
+            run(conn, "UPDATE files SET state = 'superseded', settled_at = :now WHERE id = :id", now=now, id=pending.id)
+        job = {"task": item.task, "params": canonical_params(item.params), "model": model, "now": now,
+               "source": displayable(item.path), "sha": item.sha256, "size": item.size_bytes}  # source: for people
+        outcome: Outcome
         if item.refused is not None:
-            job_id = conn.exec_driver_sql(
-                "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
-                " error, created_at, finished_at, next_run_at) VALUES (?, ?, ?, ?, NULL, ?, 'failed', 0, ?, ?, ?, ?)"
-                " RETURNING id",
-                (item.task, params, model, source, item.size_bytes, item.refused, now, now, now),
-            ).scalar_one()
+            job_id = run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status,"
+                               " attempts, error, created_at, finished_at, next_run_at) VALUES (:task, :params, :model,"
+                               " :source, NULL, :size, 'failed', 0, :error, :now, :now, :now) RETURNING id",
+                         error=item.refused, **job).scalar_one()
             outcome = "refused"
         else:
-            job_id = conn.exec_driver_sql(
-                "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
-                " created_at, next_run_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)"
-                " ON CONFLICT (task, sha256, params, model) WHERE parent_id IS NULL DO NOTHING RETURNING id",
-                (item.task, params, model, source, item.sha256, item.size_bytes, now, now),
-            ).scalar()
+            job_id = run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status,"
+                               " attempts, created_at, next_run_at) VALUES (:task, :params, :model, :source, :sha,"
+                               " :size, 'queued', 0, :now, :now) ON CONFLICT (task, sha256, params, model)"
+                               " WHERE parent_id IS NULL DO NOTHING RETURNING id", **job).scalar()
             outcome = "new"
             if job_id is None:
-                job_id, outcome = self._join_existing(conn, item, params, model, now)
-        file_id = conn.exec_driver_sql(
-            "INSERT INTO files (job_id, path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
-            (job_id, path, item.size_bytes, item.mtime_ns, item.ctime_ns, item.inode,
-             1 if outcome == "duplicate" else 0, now),
-        ).scalar_one()
+                job_id, outcome = self._join_existing(conn, job)
+        file_id = run(conn, "INSERT INTO files (job_id, path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
+                            " received_at) VALUES (:job, :path, :size, :mtime, :ctime, :inode, 'pending', :dup, :now)"
+                            " RETURNING id", job=job_id, path=path, dup=int(outcome == "duplicate"), now=now,
+                      **fingerprint).scalar_one()
         return Enqueued(job_id, file_id, outcome)
 
-    def _join_existing(self, conn: Connection, item: NewFile, params: str, model: str, now: str) -> tuple[int, str]:
-        row = conn.exec_driver_sql(
-            "SELECT id, status FROM jobs WHERE task = ? AND sha256 = ? AND params = ? AND model = ?"
-            " AND parent_id IS NULL",
-            (item.task, item.sha256, params, model),
-        ).one()
+    def _join_existing(self, conn: Connection, job: dict[str, Any]) -> tuple[int, Outcome]:
+        row = run(conn, "SELECT id, status FROM jobs WHERE task = :task AND sha256 = :sha AND params = :params"
+                        " AND model = :model AND parent_id IS NULL", **job).one()
         if row.status == DONE:
             return row.id, "duplicate"
         if row.status == FAILED:
             # Dropping a file again is how operators say "try this once more".
-            conn.exec_driver_sql(
-                "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, next_run_at = ?, finished_at = NULL"
-                " WHERE id = ?", (now, row.id)
-            )
+            run(conn, "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, next_run_at = :now,"
+                      " finished_at = NULL WHERE id = :id", now=job["now"], id=row.id)
             return row.id, "requeued"
         return row.id, "attached"
 
@@ -203,29 +197,25 @@ class Queue(FileRecords, Recovery):
 
         A job that was running when a worker died is claimed alone, before anything else.
         """
-        now = utcnow()
-        params = {"now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
-                  "exp": iso(now + timedelta(seconds=self.lease_seconds))}
+        now = self.clock()
+        params: dict[str, Any] = {"now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
+                                  "exp": iso(now + timedelta(seconds=self.lease_seconds))}
         ready = "status = 'queued' AND next_run_at <= :now"
         with write(self.engine) as conn:
-            solo = conn.exec_driver_sql(
-                f"SELECT id FROM jobs WHERE {ready} AND solo = 1 ORDER BY next_run_at, id LIMIT 1", params).scalar()
+            solo = run(conn, f"SELECT id FROM jobs WHERE {ready} AND solo = 1 ORDER BY next_run_at, id LIMIT 1",
+                       now=params["now"]).scalar()
             if solo is not None:
                 pick = "SELECT :solo"
                 params["solo"] = solo
             else:
                 pick = (f"SELECT id FROM jobs WHERE {ready} AND task = (SELECT task FROM jobs WHERE {ready}"
                         " ORDER BY next_run_at, id LIMIT 1) ORDER BY next_run_at, id LIMIT :limit")
-            rows = conn.exec_driver_sql(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
-                " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp"
-                f" WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}",
-                params,
-            ).all()
+            rows = run(conn, "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
+                             " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp"
+                             f" WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}", **params).all()
             if rows:
-                marks = ",".join("?" * len(rows))
-                conn.exec_driver_sql(f"UPDATE jobs SET lease_batch = ? WHERE id IN ({marks})",
-                                     (len(rows), *(r.id for r in rows)))
+                run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(rows),
+                    ids=[r.id for r in rows])
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     def complete(self, done: Sequence[tuple[Job, ResultData]]) -> list[bool]:
@@ -235,21 +225,20 @@ class Queue(FileRecords, Recovery):
         job was handed on): then nothing is written for it and the caller must not touch its
         files. Raises StoreUnavailable (nothing written) when the database cannot take it.
         """
-        now = now_iso()
+        now = self.now()
         with write(self.engine) as conn:
             return [self._complete_one(conn, job, result, now) for job, result in done]
 
-    def complete_each(self, done: Sequence[tuple[Job, ResultData]]) -> list[Optional[Exception]]:
+    def complete_each(self, done: Sequence[tuple[Job, ResultData]]) -> list[bool | Exception]:
         """`complete` one job per transaction, so that a row the database refuses is that job's alone.
 
-        Returns, per job, None (stored or lease lost) or the error that refused it.
+        Returns, per job, whether it was stored (False: the lease was lost), or the error that refused it.
         """
-        out: list[Optional[Exception]] = []
+        out: list[bool | Exception] = []
         for job, result in done:
             try:
                 with write(self.engine) as conn:
-                    self._complete_one(conn, job, result, now_iso())
-                out.append(None)
+                    out.append(self._complete_one(conn, job, result, self.now()))
             except StoreUnavailable:
                 raise
             except exc.SQLAlchemyError as error:
@@ -257,54 +246,51 @@ class Queue(FileRecords, Recovery):
         return out
 
     def _complete_one(self, conn: Connection, job: Job, result: ResultData, now: str) -> bool:
-        updated = conn.exec_driver_sql(
-            "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL, solo = 0, crashes = 0, lease_owner = NULL,"
-            " lease_pid = NULL, lease_expires_at = NULL"
-            " WHERE id = ? AND status = 'running' AND lease_owner = ?",
-            (now, job.id, self.owner),
-        ).rowcount
+        updated = run(conn, "UPDATE jobs SET status = 'done', finished_at = :now, error = NULL, solo = 0, crashes = 0,"
+                            " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
+                            " WHERE id = :id AND status = 'running' AND lease_owner = :owner",
+                      now=now, id=job.id, owner=self.owner).rowcount
         if updated:
-            conn.exec_driver_sql(
-                "INSERT INTO results (job_id, task, output, model, prompt_tokens, output_tokens,"
-                " duration_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                (job.id, job.task, result.output, job.model, result.prompt_tokens, result.output_tokens,
-                 result.duration_ms, now),
-            )
+            run(conn, "INSERT INTO results (job_id, task, output, model, prompt_tokens, output_tokens, duration_ms,"
+                      " created_at) VALUES (:id, :task, :output, :model, :prompt, :out, :ms, :now)"
+                      " ON CONFLICT (job_id) DO NOTHING",
+                id=job.id, task=job.task, output=result.output, model=job.model, prompt=result.prompt_tokens,
+                out=result.output_tokens, ms=result.duration_ms, now=now)
             if result.spawn:
                 self._spawn(conn, job, result, now)
         return bool(updated)
 
     @staticmethod
     def _spawn(conn: Connection, parent: Job, result: ResultData, now: str) -> None:
-        task, params = result.spawn  # type: ignore[misc]
-        sha = hashlib.sha256(result.output.encode("utf-8")).hexdigest()
-        conn.exec_driver_sql(
-            "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts, created_at,"
-            " next_run_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)"
-            " ON CONFLICT (parent_id, task) WHERE parent_id IS NOT NULL DO NOTHING",
-            (task, canonical_params(params), parent.model, parent.source_path, sha,
-             len(result.output.encode("utf-8")), now, now, parent.id),
-        )
+        assert result.spawn is not None
+        task, params = result.spawn
+        data = result.output.encode("utf-8")
+        run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
+                  " created_at, next_run_at, parent_id) VALUES (:task, :params, :model, :source, :sha, :size,"
+                  " 'queued', 0, :now, :now, :parent) ON CONFLICT (parent_id, task) WHERE parent_id IS NOT NULL"
+                  " DO NOTHING",
+            task=task, params=canonical_params(params), model=parent.model, source=parent.source_path,
+            sha=hashlib.sha256(data).hexdigest(), size=len(data), now=now, parent=parent.id)
 
-    def fail(self, job: Job, error: str, permanent: bool = False) -> Optional[str]:
+    def fail(self, job: Job, error: str, permanent: bool = False) -> Optional[JobStatus]:
         """Record a failed attempt: back to the queue with backoff, or `failed` for good.
 
         Returns the new status, or None if this worker no longer holds the lease.
         """
-        now = utcnow()
+        now = self.clock()
         final = permanent or job.attempts >= self.max_attempts
+        status: JobStatus
         if final:
             status, next_run = FAILED, iso(now)
         else:
             delay = backoff_delay(job.attempts, self.backoff_seconds, self.backoff_max_seconds)
             status, next_run = QUEUED, iso(now + timedelta(seconds=delay))
         with write(self.engine) as conn:
-            updated = conn.exec_driver_sql(
-                "UPDATE jobs SET status = ?, error = ?, next_run_at = ?, finished_at = ?, solo = 0, crashes = 0,"
-                " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND status = 'running' AND lease_owner = ?",
-                (status, error, next_run, iso(now) if final else None, job.id, self.owner),
-            ).rowcount
+            updated = run(conn, "UPDATE jobs SET status = :status, error = :error, next_run_at = :next,"
+                                " finished_at = :finished, solo = 0, crashes = 0, lease_owner = NULL, lease_pid = NULL,"
+                                " lease_expires_at = NULL WHERE id = :id AND status = 'running' AND lease_owner = :owner",
+                          status=status, error=error, next=next_run, finished=iso(now) if final else None, id=job.id,
+                          owner=self.owner).rowcount
         return status if updated else None
 
     def release(self, job_ids: Optional[Sequence[int]] = None) -> int:
@@ -315,44 +301,40 @@ class Queue(FileRecords, Recovery):
         """
         sql = ("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL,"
                " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
-               " WHERE status = 'running' AND lease_owner = ?")
+               " WHERE status = 'running' AND lease_owner = :owner")
         with write(self.engine) as conn:
             if job_ids is None:
-                return conn.exec_driver_sql(sql, (self.owner,)).rowcount
-            return sum(conn.exec_driver_sql(sql + " AND id = ?", (self.owner, jid)).rowcount for jid in job_ids)
+                return run(conn, sql, owner=self.owner).rowcount
+            return run(conn, sql + " AND id IN :ids", expanding=("ids",), owner=self.owner, ids=list(job_ids)).rowcount
 
     def requeue(self, job_ids: Sequence[int]) -> list[int]:
         """Operator retry of failed jobs: a fresh set of attempts. Returns the ids requeued."""
-        now = now_iso()
         done: list[int] = []
         with write(self.engine) as conn:
             for jid in job_ids:
-                if conn.exec_driver_sql(
-                    "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, error = NULL, next_run_at = ?,"
-                    " finished_at = NULL, started_at = NULL WHERE id = ? AND status = 'failed'",
-                    (now, jid),
-                ).rowcount:
+                if run(conn, "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, error = NULL,"
+                             " next_run_at = :now, finished_at = NULL, started_at = NULL"
+                             " WHERE id = :id AND status = 'failed'", now=self.now(), id=jid).rowcount:
                     done.append(jid)
         return done
 
-    def job_status(self, job_id: int) -> Optional[tuple[str, Optional[str], int]]:
-        """(status, error, attempts) of a job, or None."""
+    def job_status(self, job_id: int) -> Optional[JobState]:
         with read(self.engine) as conn:
-            row = conn.exec_driver_sql("SELECT status, error, attempts FROM jobs WHERE id = ?", (job_id,)).first()
-        return (row.status, row.error, row.attempts) if row else None
+            row = run(conn, "SELECT status, error, attempts FROM jobs WHERE id = :id", id=job_id).first()
+        return JobState(row.status, row.error, row.attempts) if row else None
 
     def result_output(self, job_id: int) -> Optional[str]:
         with read(self.engine) as conn:
-            return conn.exec_driver_sql("SELECT output FROM results WHERE job_id = ?", (job_id,)).scalar()
+            return run(conn, "SELECT output FROM results WHERE job_id = :id", id=job_id).scalar()
 
     def queued_count(self) -> int:
         with read(self.engine) as conn:
-            return conn.exec_driver_sql("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").scalar_one()
+            return run(conn, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'").scalar_one()
 
     def next_ready_in(self) -> Optional[float]:
         """Seconds until the earliest queued job becomes ready (0 if one is ready), None if none."""
         with read(self.engine) as conn:
-            nxt = conn.exec_driver_sql("SELECT MIN(next_run_at) FROM jobs WHERE status = 'queued'").scalar()
+            nxt = run(conn, "SELECT MIN(next_run_at) FROM jobs WHERE status = 'queued'").scalar()
         if nxt is None:
             return None
-        return max(0.0, (parse_iso(nxt) - utcnow()).total_seconds())
+        return max(0.0, (parse_iso(nxt) - self.clock()).total_seconds())

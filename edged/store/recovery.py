@@ -12,62 +12,67 @@ UNEXPLAINED_FACTOR times as many.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Optional, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Callable, Optional, Sequence
 
 from sqlalchemy import Connection, Engine
 
 from edged.store.backoff import backoff_delay
-from edged.store.db import write
-from edged.timeutil import iso, now_iso, utcnow
+from edged.store.db import run, write
+from edged.store.states import Recovered
+from edged.timeutil import iso
 
 UNEXPLAINED_FACTOR = 2
 
 
 class Recovery:
-    """The crash-attribution half of the queue (mixed into Queue, which owns the settings)."""
+    """The crash-attribution half of the queue (mixed into Queue, which owns the settings and the clock)."""
 
     engine: Engine
     owner: str
     max_attempts: int
     backoff_seconds: float
     backoff_max_seconds: float
+    clock: Callable[[], datetime]
 
-    def recover(self, everything: bool = False, cause: Optional[str] = None) -> tuple[int, int]:
+    def recover(self, everything: bool = False, cause: Optional[str] = None) -> Recovered:
         """Return jobs whose worker died to the queue; fail those that died alone too often.
 
         `everything=True` at daemon start-up, under the state lock: no other worker can be
         alive, so every `running` job is an orphan, expired or not. `cause`: what is known to
         have killed that worker ("died of a crash (…)", from death.py), or None.
         """
-        now = iso(utcnow())
         # Our own leases are never expired by us: they belong to the batch in flight, which
         # may simply be slow (a long translation on a small CPU).
         cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
         with write(self.engine) as conn:
-            return self._orphaned(conn, cond, {"now": now, "me": self.owner}, cause)
+            return self._orphaned(conn, cond, {}, cause)
 
-    def interrupted(self, job_ids: Sequence[int], error: str) -> tuple[int, int]:
+    def interrupted(self, job_ids: Sequence[int], error: str) -> Recovered:
         """A batch of ours broke off without finishing (an unexpected error): handled as a crash
         whose cause is known would be."""
         if not job_ids:
-            return 0, 0
-        marks = ",".join(str(int(j)) for j in job_ids)
+            return Recovered(0, 0)
         with write(self.engine) as conn:
-            return self._orphaned(conn, f"status = 'running' AND lease_owner = :me AND id IN ({marks})",
-                                  {"now": now_iso(), "me": self.owner}, error)
+            return self._orphaned(conn, "status = 'running' AND lease_owner = :me AND id IN :ids",
+                                  {"ids": list(job_ids)}, error)
 
-    def _orphaned(self, conn: Connection, cond: str, params: dict, cause: Optional[str]) -> tuple[int, int]:
+    def _orphaned(self, conn: Connection, cond: str, extra: dict[str, Any], cause: Optional[str]) -> Recovered:
         """(requeued, failed) for running jobs matching `cond` whose worker is gone."""
-        params = {**params, "max": self.max_attempts, "cause": cause,
-                  "unexplained": self.max_attempts * UNEXPLAINED_FACTOR}
+        now = self.clock()
+        params = {"now": iso(now), "me": self.owner, "max": self.max_attempts, "cause": cause,
+                  "unexplained": self.max_attempts * UNEXPLAINED_FACTOR, **extra}
+        expanding = ("ids",) if "ids" in extra else ()
+
+        def sql(statement: str) -> Any:
+            return run(conn, statement, expanding, **params)
+
         alone = "COALESCE(lease_batch, 2) <= 1"
         # Batch-mates: the crash was not theirs, the attempt is given back.
-        conn.exec_driver_sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND NOT {alone}", params)
+        sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND NOT {alone}")
         if cause is None:
             # Alone, but nothing says it was this job: the attempt is given back, the death counted.
-            conn.exec_driver_sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0), crashes = crashes + 1"
-                                 f" WHERE {cond} AND {alone}", params)
+            sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0), crashes = crashes + 1 WHERE {cond} AND {alone}")
             verdict = (f"{alone} AND crashes >= :unexplained",
                        "'the worker process died ' || crashes || ' times while running this job alone, with no"
                        " cause recorded (a SIGKILL, an OOM kill outside systemd, a power cut); giving up'")
@@ -75,25 +80,17 @@ class Recovery:
             verdict = (f"{alone} AND attempts >= :max",
                        "'the worker ' || :cause || ' while running this job alone, ' || attempts"
                        " || ' time(s); giving up'")
-        failed = conn.exec_driver_sql(
-            "UPDATE jobs SET status = 'failed', finished_at = :now, solo = 0, lease_owner = NULL, lease_pid = NULL,"
-            f" lease_expires_at = NULL, error = {verdict[1]} WHERE {cond} AND {verdict[0]}",
-            params,
-        ).rowcount
+        failed = sql("UPDATE jobs SET status = 'failed', finished_at = :now, solo = 0, lease_owner = NULL,"
+                     f" lease_pid = NULL, lease_expires_at = NULL, error = {verdict[1]} WHERE {cond} AND {verdict[0]}"
+                     ).rowcount
         # A job that was running alone waits a back-off before it runs alone again, so that a job
         # that kills the process does not crash-loop the box, and a job that was merely unlucky
         # (killed from outside) is not first in line for the next kill.
-        later = {}
-        for job_id, deaths in conn.exec_driver_sql(
-                f"SELECT id, attempts + crashes FROM jobs WHERE {cond} AND {alone}", params).all():
-            delay = backoff_delay(max(deaths, 1), self.backoff_seconds, self.backoff_max_seconds)
-            later[job_id] = iso(utcnow() + timedelta(seconds=delay))
-        requeued = conn.exec_driver_sql(
-            "UPDATE jobs SET status = 'queued', solo = 1, next_run_at = :now, lease_owner = NULL, lease_pid = NULL,"
-            f" lease_expires_at = NULL WHERE {cond}",
-            params,
-        ).rowcount
+        later = {job_id: iso(now + timedelta(seconds=backoff_delay(max(deaths, 1), self.backoff_seconds,
+                                                                   self.backoff_max_seconds)))
+                 for job_id, deaths in sql(f"SELECT id, attempts + crashes FROM jobs WHERE {cond} AND {alone}").all()}
+        requeued = sql("UPDATE jobs SET status = 'queued', solo = 1, next_run_at = :now, lease_owner = NULL,"
+                       f" lease_pid = NULL, lease_expires_at = NULL WHERE {cond}").rowcount
         for job_id, when in later.items():
-            conn.exec_driver_sql("UPDATE jobs SET next_run_at = ? WHERE id = ?", (when, job_id))
-        return requeued, failed
-
+            run(conn, "UPDATE jobs SET next_run_at = :when WHERE id = :id", when=when, id=job_id)
+        return Recovered(requeued, failed)

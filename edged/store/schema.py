@@ -2,109 +2,16 @@
 
 Migrations are a list: a released entry is never edited, a change is a new entry (the way
 simonw/llm does it). `schema_migrations` records what was applied, so an old database file
-upgrades itself at start-up. The SQLAlchemy `Table` objects below describe the latest
-schema for queries; a test checks that they match what the migrations build.
+upgrades itself at start-up. The migrations are the one description of the schema.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Engine, Float, ForeignKey, Integer, MetaData, Table, Text
+from sqlalchemy import Engine, inspect
 
 from edged.exitcodes import EdgedError, ExitCode
-from edged.store.db import read, write
+from edged.store.db import read, run, write
 from edged.timeutil import now_iso
-
-metadata = MetaData()
-
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("task", Text, nullable=False),
-    Column("params", Text, nullable=False),
-    Column("model", Text, nullable=False),
-    Column("source_path", Text, nullable=False),
-    Column("sha256", Text),
-    Column("size_bytes", Integer),
-    Column("status", Text, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("error", Text),
-    Column("created_at", Text, nullable=False),
-    Column("started_at", Text),
-    Column("finished_at", Text),
-    Column("next_run_at", Text, nullable=False),
-    Column("lease_owner", Text),
-    Column("lease_pid", Integer),
-    Column("lease_expires_at", Text),
-    Column("parent_id", Integer, ForeignKey("jobs.id")),
-    Column("lease_batch", Integer),
-    Column("solo", Integer, nullable=False),
-    Column("crashes", Integer, nullable=False),
-)
-
-results = Table(
-    "results",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, unique=True),
-    Column("task", Text, nullable=False),
-    Column("output", Text, nullable=False),
-    Column("model", Text, nullable=False),
-    Column("prompt_tokens", Integer),
-    Column("output_tokens", Integer),
-    Column("duration_ms", Integer),
-    Column("created_at", Text, nullable=False),
-)
-
-files = Table(
-    "files",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("size_bytes", Integer),
-    Column("mtime_ns", Integer),
-    Column("ctime_ns", Integer),
-    Column("inode", Integer),
-    Column("state", Text, nullable=False),
-    Column("duplicate", Integer, nullable=False),
-    Column("received_at", Text, nullable=False),
-    Column("settled_at", Text),
-    Column("moved_to", Text),
-    Column("left_in_inbox", Integer, nullable=False),
-    Column("moved_inode", Integer),
-    Column("result_file", Text),
-    Column("settle_error", Text),
-)
-
-throughput = Table(
-    "throughput",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("period_start", Text, nullable=False),
-    Column("period_end", Text, nullable=False),
-    Column("jobs_done", Integer, nullable=False),
-    Column("jobs_failed", Integer, nullable=False),
-    Column("jobs_retried", Integer, nullable=False),
-    Column("batches", Integer, nullable=False),
-    Column("prompt_tokens", Integer, nullable=False),
-    Column("output_tokens", Integer, nullable=False),
-    Column("engine_ms", Integer, nullable=False),
-    Column("avg_wait_ms", Integer),
-    Column("output_tok_per_s", Float),
-    Column("queued", Integer, nullable=False),
-    Column("queued_by_task", Text, nullable=False),
-    Column("model", Text),
-    Column("provider", Text),
-)
-
-runtime = Table(
-    "runtime",
-    metadata,
-    Column("key", Text, primary_key=True),
-    Column("value", Text),
-    Column("updated_at", Text, nullable=False),
-)
 
 MIGRATIONS: list[list[str]] = [
     # v1: the queue, its results, and the files that brought each job in.
@@ -245,32 +152,25 @@ class SchemaMismatch(EdgedError):
 
 def current_version(engine: Engine) -> int:
     with read(engine) as conn:
-        exists = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
-        ).first()
-        if not exists:
+        if not inspect(conn).has_table("schema_migrations"):
             return 0
-        return conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
+        return run(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
 
 
 def migrate(engine: Engine) -> list[int]:
     """Apply every migration newer than the database; return the versions applied."""
     applied: list[int] = []
     with write(engine) as conn:  # BEGIN IMMEDIATE: two processes never migrate at once
-        conn.exec_driver_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-        have = conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
+        run(conn, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        have = run(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
         if have > SCHEMA_VERSION:
             raise SchemaMismatch(
                 f"database schema v{have} is newer than this edged (v{SCHEMA_VERSION}); upgrade edged"
             )
         for version in range(have + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version - 1]:
-                conn.exec_driver_sql(statement)
-            conn.exec_driver_sql(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now_iso())
-            )
+                run(conn, statement)
+            run(conn, "INSERT INTO schema_migrations (version, applied_at) VALUES (:v, :now)", v=version, now=now_iso())
             applied.append(version)
     return applied
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from sqlalchemy import Engine
 
 from edged.pathnames import from_db
-from edged.store.db import BUSY_TIMEOUT_MS, read, write
+from edged.store.db import BUSY_TIMEOUT_MS, read, run, write
 from edged.timeutil import iso, now_iso
 
 
@@ -42,51 +42,65 @@ class Period:
         return round(self.output_tokens / (self.engine_ms / 1000), 2) if self.engine_ms else None
 
 
+class Checkpoint(NamedTuple):
+    wal_pages: int
+    checkpointed: int
+    partial: bool  # a reader held an older snapshot: the rest is folded next time
+
+
+class MovedFile(NamedTuple):
+    moved_to: str  # relative to the spool
+    inode: Optional[int]
+
+
+class Expired(NamedTuple):
+    job_id: int
+    moved: list[MovedFile]
+
+
 class Stats:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def queued_by_task(self) -> dict[str, int]:
         with read(self.engine) as conn:
-            rows = conn.exec_driver_sql("SELECT task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY task").all()
+            rows = run(conn, "SELECT task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY task").all()
         return {task: n for task, n in rows}
 
     def record(self, p: Period) -> None:
         with write(self.engine) as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO throughput (period_start, period_end, jobs_done, jobs_failed, jobs_retried, batches,"
-                " prompt_tokens, output_tokens, engine_ms, avg_wait_ms, output_tok_per_s, queued, queued_by_task,"
-                " model, provider) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (iso(p.start), iso(p.end), p.jobs_done, p.jobs_failed, p.jobs_retried, p.batches, p.prompt_tokens,
-                 p.output_tokens, round(p.engine_ms), None if p.avg_wait_ms is None else round(p.avg_wait_ms),
-                 p.output_tok_per_s, sum(p.queued_by_task.values()), json.dumps(p.queued_by_task, sort_keys=True),
-                 p.model, p.provider),
-            )
+            run(conn, "INSERT INTO throughput (period_start, period_end, jobs_done, jobs_failed, jobs_retried, batches,"
+                      " prompt_tokens, output_tokens, engine_ms, avg_wait_ms, output_tok_per_s, queued, queued_by_task,"
+                      " model, provider) VALUES (:start, :end, :done, :failed, :retried, :batches, :prompt, :out, :ms,"
+                      " :wait, :rate, :queued, :by_task, :model, :provider)",
+                start=iso(p.start), end=iso(p.end), done=p.jobs_done, failed=p.jobs_failed, retried=p.jobs_retried,
+                batches=p.batches, prompt=p.prompt_tokens, out=p.output_tokens, ms=round(p.engine_ms),
+                wait=None if p.avg_wait_ms is None else round(p.avg_wait_ms), rate=p.output_tok_per_s,
+                queued=sum(p.queued_by_task.values()), by_task=json.dumps(p.queued_by_task, sort_keys=True),
+                model=p.model, provider=p.provider)
 
     def set_runtime(self, **values: Any) -> None:
         """Facts only the daemon knows (model, provider, paused intake) for `edged status`."""
         now = now_iso()
         with write(self.engine) as conn:
             for key, value in values.items():
-                conn.exec_driver_sql(
-                    "INSERT INTO runtime (key, value, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    (key, json.dumps(value), now),
-                )
+                run(conn, "INSERT INTO runtime (key, value, updated_at) VALUES (:key, :value, :now)"
+                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    key=key, value=json.dumps(value), now=now)
 
     def runtime(self) -> dict[str, Any]:
         with read(self.engine) as conn:
-            rows = conn.exec_driver_sql("SELECT key, value FROM runtime").all()
+            rows = run(conn, "SELECT key, value FROM runtime").all()
         return {key: json.loads(value) for key, value in rows}
 
-    def checkpoint(self, truncate_above_pages: int = 1000) -> tuple[int, int, bool]:
+    def checkpoint(self, truncate_above_pages: int = 1000) -> Checkpoint:
         """Fold the WAL back into the database and let SQLite refresh its planner statistics.
 
         PASSIVE never waits: a reader holding an old snapshot just leaves part of the WAL for
         next time. Only when that folded everything and the WAL has grown large is TRUNCATE
         tried (to give an SD card its space back), with no busy wait, because TRUNCATE holds
-        off every writer while it waits for readers. Returns (wal pages, pages checkpointed,
-        whether a reader kept part of it).
+        off every writer while it waits for readers. PRAGMAs are SQLite's own and take no
+        binds: they go to the driver's connection.
         """
         raw = self.engine.raw_connection()
         try:
@@ -100,16 +114,16 @@ class Stats:
             raw.execute("PRAGMA optimize")
         finally:
             raw.close()
-        return log_pages, done, bool(busy) or (log_pages >= 0 and done < log_pages)
+        return Checkpoint(log_pages, done, bool(busy) or (log_pages >= 0 and done < log_pages))
 
-    def expired(self, before: datetime, include_failed: bool) -> list[tuple[int, list[tuple[str, Optional[int]]]]]:
+    def expired(self, before: datetime, include_failed: bool) -> list[Expired]:
         """Finished jobs older than `before`, with where their files went (done/ or failed/) and the
         inode found there. Jobs whose original still sits in the inbox (settled by a copy) are kept:
         their row is what tells intake not to take the file again."""
         states = "('done', 'failed')" if include_failed else "('done')"
         with read(self.engine) as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT j.id, f.moved_to, COALESCE(f.moved_inode, f.inode) AS inode FROM jobs j"
+            rows = run(
+                conn, f"SELECT j.id, f.moved_to, COALESCE(f.moved_inode, f.inode) AS inode FROM jobs j"
                 f" LEFT JOIN files f ON f.job_id = j.id"
                 f" WHERE j.status IN {states} AND j.finished_at < :before"
                 # A parent goes only with its children (ON DELETE CASCADE): only when every
@@ -118,32 +132,26 @@ class Stats:
                 f"   AND (c.status NOT IN {states} OR c.finished_at >= :before))"
                 " AND NOT EXISTS (SELECT 1 FROM files k WHERE k.job_id = j.id AND (k.left_in_inbox = 1"
                 "   OR k.state = 'pending'))"
-                " ORDER BY j.id",
-                {"before": iso(before)},
+                " ORDER BY j.id", before=iso(before),
             ).all()
-        out: dict[int, list[tuple[str, Optional[int]]]] = {}
+        out: dict[int, list[MovedFile]] = {}
         for job_id, moved_to, inode in rows:
             out.setdefault(job_id, [])
             if moved_to:
-                out[job_id].append((from_db(moved_to), inode))
-        return list(out.items())
+                out[job_id].append(MovedFile(from_db(moved_to) or "", inode))
+        return [Expired(job_id, moved) for job_id, moved in out.items()]
 
     def delete_jobs(self, job_ids: list[int]) -> int:
         """Delete jobs with their results and file rows (ON DELETE CASCADE)."""
-        deleted = 0
+        if not job_ids:
+            return 0
         with write(self.engine) as conn:
-            for start in range(0, len(job_ids), 500):
-                part = job_ids[start:start + 500]
-                marks = ",".join("?" * len(part))
-                # Only finished jobs whose children are finished too: a job re-queued (by
-                # `edged retry`) since it was listed is kept, and so is its parent.
-                deleted += conn.exec_driver_sql(
-                    f"DELETE FROM jobs WHERE id IN ({marks}) AND status IN ('done', 'failed') AND NOT EXISTS"
-                    " (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.status IN ('queued', 'running'))",
-                    tuple(part),
-                ).rowcount
-        return deleted
+            # Only finished jobs whose children are finished too: a job re-queued (by `edged
+            # retry`) since it was listed is kept, and so is its parent.
+            return run(conn, "DELETE FROM jobs WHERE id IN :ids AND status IN ('done', 'failed') AND NOT EXISTS"
+                             " (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.status IN ('queued', 'running'))",
+                       expanding=("ids",), ids=list(job_ids)).rowcount
 
     def prune_throughput(self, before: datetime) -> int:
         with write(self.engine) as conn:
-            return conn.exec_driver_sql("DELETE FROM throughput WHERE period_end < ?", (iso(before),)).rowcount
+            return run(conn, "DELETE FROM throughput WHERE period_end < :before", before=iso(before)).rowcount
