@@ -30,10 +30,6 @@ class Notifier:
         self._sock: Optional[socket.socket] = None
         self._last_ping = 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
     def send(self, **fields: object) -> None:
         if not self.address:
             return

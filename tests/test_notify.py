@@ -40,7 +40,7 @@ class Listener:
 def test_notifier_is_a_noop_without_systemd(monkeypatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     n = Notifier()
-    assert not n.enabled and n.watchdog_interval is None
+    assert not n.address and n.watchdog_interval is None
     n.ready("x")
     n.watchdog()
 

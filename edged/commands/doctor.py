@@ -15,7 +15,6 @@ from edged.exitcodes import ExitCode
 from edged.spool import filesystem_type, is_network_fs
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-MIN_FREE_MB = 500
 
 
 def _writable_dir(path: Path) -> tuple[str, str]:
@@ -29,12 +28,15 @@ def _writable_dir(path: Path) -> tuple[str, str]:
     return (OK, str(path)) if probe == path else (WARN, f"{path} does not exist yet (will be created)")
 
 
-def _disk(path: Path) -> tuple[str, str]:
+def _disk(path: Path, floor_mb: int) -> tuple[str, str]:
+    """Free space against spool.min_free_mb, the floor below which the daemon pauses intake."""
     probe = path
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free // (1024 * 1024)
-    return (OK if free >= MIN_FREE_MB else WARN), f"{free} MB free on {probe}"
+    if free < floor_mb:
+        return WARN, f"{free} MB free on {probe}: below spool.min_free_mb ({floor_mb}), intake is paused"
+    return OK, f"{free} MB free on {probe} (intake pauses below {floor_mb} MB)"
 
 
 def _spool_fs(settings: Settings) -> tuple[str, str]:
@@ -135,8 +137,8 @@ def doctor(settings: Settings, as_json: bool = False) -> ExitCode:
         *[(f"{a}/", lambda a=a: _writable_dir(layout.area(a))) for a in ("done", "failed", "out")],
         ("spool_fs", lambda: _spool_fs(settings)),
         ("spool_safety", lambda: _spool_safety(settings)),
-        ("disk_state", lambda: _disk(settings.state_dir)),
-        ("disk_spool", lambda: _disk(settings.spool_dir)),
+        ("disk_state", lambda: _disk(settings.state_dir, settings.spool.min_free_mb)),
+        ("disk_spool", lambda: _disk(settings.spool_dir, settings.spool.min_free_mb)),
         ("database", lambda: _database(settings)),
         ("onnxruntime", lambda: _providers(settings)),
         ("model", lambda: _model(settings)),

@@ -26,7 +26,6 @@ class SessionSettings:
     provider: str = "auto"  # auto | cuda | cpu
     threads: int = 0
     optimization: str = "all"
-    device_id: int = 0
 
 
 def _options(s: SessionSettings) -> ort.SessionOptions:
@@ -71,11 +70,7 @@ def choose_provider(s: SessionSettings) -> tuple[str, str]:
 
 def open_session(path: Path, s: SessionSettings, want: str) -> tuple[ort.InferenceSession, str]:
     """A session on `want` (cuda falls back to cpu unless cuda was required); returns (session, got)."""
-    if want == "cuda":
-        cuda = ("CUDAExecutionProvider", {"device_id": s.device_id}) if s.device_id else "CUDAExecutionProvider"
-        providers = [cuda, "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want == "cuda" else ["CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(str(path), sess_options=_options(s), providers=providers)
     except Exception as exc:  # ORT raises its own types; all mean the same here

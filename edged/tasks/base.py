@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from edged.config import Settings, TaskSettings
+from edged.config import Settings
 from edged.engine.api import Generation, ModelInfo, Request
 
 
@@ -64,11 +64,10 @@ def render(template: str, **fields: str) -> str:
         raise InputError(f"prompt template names an unknown field {exc}; known: {sorted(fields)}") from None
 
 
-def check_size(data: bytes, cfg: TaskSettings) -> None:
+def require_bytes(data: bytes) -> None:
+    """An empty file is no input. (Its size limit, max_input_mb, is the worker's: it never reads more.)"""
     if not data:
         raise InputError("empty file (0 bytes)")
-    if len(data) > cfg.max_input_mb * 1024 * 1024:
-        raise InputError(f"file is {len(data)} bytes, over the limit of {cfg.max_input_mb} MB")
 
 
 def require_text(generation: Generation, allow_loop: bool = False) -> str:

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edged.config import ImageTaskSettings, Settings
 from edged.engine.api import Request
-from edged.tasks.base import InputError, check_size, render
+from edged.tasks.base import InputError, require_bytes, render
 
 
 def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
@@ -57,7 +57,7 @@ def image_request(data: bytes, cfg: ImageTaskSettings, default_prompt: str,
                   settings: Settings) -> tuple[Request, list[str]]:
     """The engine request of an image task (the decoded picture and the task's prompt), and the
     decoder's notes for the job's log line."""
-    check_size(data, cfg)
+    require_bytes(data)
     image, notes = decode_image(data, cfg.max_pixels)
     request = Request(text=render(cfg.prompt or default_prompt), images=(image,),
                       max_new_tokens=cfg.max_new_tokens or settings.model.max_new_tokens,

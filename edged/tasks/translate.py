@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from edged.config import Settings, TranslateSettings
 from edged.engine.api import Generation, ModelInfo, Request
-from edged.tasks.base import Assembled, InputError, Prepared, check_size, render, require_text
+from edged.tasks.base import Assembled, InputError, Prepared, require_bytes, render, require_text
 from edged.tasks.chunking import reassemble, split_text
 from edged.languages import LANGUAGES, accepted, normalise
 from edged.tasks.text import decode_text
@@ -77,7 +77,7 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
     tag = normalise(str(params.get("target_language", "")))
     if tag is None:
         raise InputError(f"unknown target language {params.get('target_language')!r}; accepted: {accepted()}")
-    check_size(data, cfg)
+    require_bytes(data)
     text, encoding = decode_text(data)
     if not text.strip():
         raise InputError("the file holds no text (only whitespace)")
