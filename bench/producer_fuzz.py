@@ -226,7 +226,7 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _wait(predicate, timeout: float) -> None:  # noqa: ANN001
+def _wait(predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not predicate():
         time.sleep(0.2)
@@ -271,7 +271,8 @@ def _check(work: Path, db: Path, contents: Path, canaries: dict) -> dict[str, in
             continue  # linked again by the producer after it was read: its other name still writes it
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
             wrong_moves += 1
-    known = {os.fsdecode(p) for (p,) in con.execute("SELECT path FROM files WHERE left_in_inbox = 1 OR state = 'pending'")}
+    known = {os.fsdecode(p) for (p,) in con.execute(
+        "SELECT path FROM files WHERE left_in_inbox = 1 OR state = 'pending'")}
     unaccounted = 0
     inbox = work / "spool" / "inbox"
     for dirpath, dirnames, names in os.walk(inbox):

@@ -36,7 +36,8 @@ def session(path: Path) -> ort.InferenceSession:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default=str(Path(__file__).resolve().parent.parent / "models" / "tiny-gemma3-vision.json"))
+    ap.add_argument("--recipe",
+                    default=str(Path(__file__).resolve().parent.parent / "models" / "tiny-gemma3-vision.json"))
     ap.add_argument("--images", type=int, default=8, help="images per timed batch")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -74,7 +75,8 @@ def main() -> int:
         norms = np.linalg.norm(feats, axis=-1) * np.linalg.norm(ref, axis=-1)
         cos = float(np.mean(np.sum(feats * ref, -1) / np.maximum(norms, 1e-12)))
         mib = (path.stat().st_size + sum(p.stat().st_size for p in work.glob(path.name + ".data"))) / 2**20
-        print(f"{name:5} {mib:8.1f} MiB  {rate:8.3f} images/s ({1 / rate:.2f} s/image)  feature error vs fp32: relative {rel:.4f}, "
+        print(f"{name:5} {mib:8.1f} MiB  {rate:8.3f} images/s ({1 / rate:.2f} s/image)  "
+              f"feature error vs fp32: relative {rel:.4f}, "
               f"mean cosine {cos:.5f}")
         summary[name] = (rate, rel, cos)
     print(" ".join([f"recipe={Path(args.recipe).stem} image_size={size} batch={args.images}"] +

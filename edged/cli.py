@@ -116,7 +116,8 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.set_defaults(func=cmd_model)
     msub = p.add_subparsers(dest="model_verb", metavar="ACTION", required=True)
     e = msub.add_parser("export", help="export a Gemma 3 model to int4/int8/fp16/fp32 ONNX",
-                        description="SOURCE: a Hugging Face folder, a .gguf file, random:RECIPE.json, or a hub model id")
+                        description="SOURCE: a Hugging Face folder, a .gguf file, random:RECIPE.json,"
+                                    " or a hub model id")
     e.add_argument("--from", dest="source", required=True, metavar="SOURCE")
     e.add_argument("--out", required=True, metavar="DIR")
     e.add_argument("--weights", choices=["int4", "int8", "fp16", "fp32"], default="int4")

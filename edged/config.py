@@ -244,15 +244,13 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
 
 def _absolutise(settings: Settings, base: Path) -> Settings:
     """Paths in a config file are relative to that file, not to the daemon's cwd."""
-    def fix(p: Optional[Path]) -> Optional[Path]:
-        if p is None:
-            return None
+    def fix(p: Path) -> Path:
         p = p.expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
     settings.state_dir = fix(settings.state_dir)
     settings.spool_dir = fix(settings.spool_dir)
-    settings.model.path = fix(settings.model.path)
+    settings.model.path = fix(settings.model.path) if settings.model.path else None
     if settings.database and settings.database.startswith("sqlite:///") and not settings.database.startswith("sqlite:////"):
         rel = settings.database[len("sqlite:///"):]
         if rel and rel != ":memory:":

@@ -14,7 +14,7 @@ from edged import death, upkeep
 from edged.config import ConfigError, Settings, load_config
 from edged.control import Control, StopNow
 from edged.engine.api import Engine, ModelUnavailable
-from edged.engine.loader import load_engine, model_name
+from edged.engine.loader import model_name
 from edged.exitcodes import EdgedError, ExitCode
 from edged.facts import RuntimeFacts
 from edged.intake import Intake
@@ -32,7 +32,7 @@ from edged.store.stats import Stats
 from edged.tasks import TASK_NAMES
 from edged.throughput import BatchReport, Meter, log_batch
 from edged.windows import WindowWatch
-from edged.wiring import build_layout, build_queue, lock_path, spool_lock_path
+from edged.wiring import build_layout, build_queue, load_model, lock_path, spool_lock_path
 from edged.worker import Worker
 
 log = get_logger("edged.daemon")
@@ -167,7 +167,7 @@ class Daemon:
         self.notify.extend_timeout(600)
         self.notify.status(f"loading model {model}")
         try:
-            p.engine = load_engine(s.model, s.model_dir)
+            p.engine = load_model(s)
         except ModelUnavailable as exc:
             log.error("model_unavailable", error=str(exc), detail="files keep being queued; fix the model and restart")
             return exc.code

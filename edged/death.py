@@ -79,6 +79,6 @@ def previous_death(state_dir: Path) -> Optional[str]:
 def watch_faults(state_dir: Path) -> IO[str]:
     """Start recording fatal signals of this process; the file starts empty."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(state_dir / FAULT_FILE, "w", encoding="utf-8")  # noqa: SIM115 - open for the life of the process
+    fh = open(state_dir / FAULT_FILE, "w", encoding="utf-8")  # open for the life of the process
     faulthandler.enable(file=fh, all_threads=True)
     return fh

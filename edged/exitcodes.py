@@ -29,7 +29,7 @@ class EdgedError(Exception):
 
     code: ExitCode = ExitCode.ERROR
 
-    def __init__(self, message: str, code: "ExitCode | None" = None) -> None:
+    def __init__(self, message: str, code: ExitCode | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code

@@ -106,10 +106,10 @@ class Intake:
         if not items:
             return []
         try:
-            return list(zip(items, self.queue.enqueue(items, self.model)))
+            return list(zip(items, self.queue.enqueue(items, self.model), strict=True))
         except StoreUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - one file's record refused (a name SQLite will not take …)
+        except Exception as exc:  # one file's record refused (a name SQLite will not take …)
             if len(items) == 1:
                 self._trouble(items[0].path, (items[0].inode, items[0].size_bytes, items[0].mtime_ns,
                                               items[0].ctime_ns), "file_unrecordable", exc)
@@ -120,7 +120,7 @@ class Intake:
     def _describe_safely(self, path: Path) -> Optional[NewFile]:
         try:
             return self._describe(path)
-        except Exception as exc:  # noqa: BLE001 - an unexpected error with one file stays with that file
+        except Exception as exc:  # an unexpected error with one file stays with that file
             self._trouble(str(path), None, "file_unreadable", exc)
             return None
 
@@ -175,7 +175,7 @@ class Intake:
         for rel in list(self.known):
             try:
                 there = self.layout.fs.lstat(["inbox", *rel.split("/")]) is not None
-            except Exception:  # noqa: BLE001 - unreachable counts as gone
+            except Exception:  # unreachable counts as gone
                 there = False
             if not there:
                 self.known.pop(rel, None)

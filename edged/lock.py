@@ -28,7 +28,7 @@ class StateLock:
         self.meaning = meaning  # what holding it means, for the message to whoever finds it taken
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "StateLock":
+    def acquire(self) -> StateLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         # A few tries: `edged status` probes the lock with a brief shared hold.

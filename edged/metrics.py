@@ -17,7 +17,7 @@ log = get_logger("edged.metrics")
 
 
 class EdgedCollector(Collector):
-    def __init__(self, queue_engine, meter: Meter, state: Callable[[], dict]) -> None:  # noqa: ANN001
+    def __init__(self, queue_engine, meter: Meter, state: Callable[[], dict]) -> None:
         self.queue_engine = queue_engine
         self.meter = meter
         self.state = state

@@ -8,7 +8,7 @@ bytes (SQLite columns take either), and messages show it with the bytes as \\xNN
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Optional, Union, overload
 
 Stored = Union[str, bytes]
 
@@ -22,6 +22,14 @@ def to_db(path: Optional[str]) -> Optional[Stored]:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw
+
+
+@overload
+def from_db(value: Stored) -> str: ...
+
+
+@overload
+def from_db(value: None) -> None: ...
 
 
 def from_db(value: Optional[Stored]) -> Optional[str]:

@@ -16,12 +16,12 @@ from typing import Callable, Optional, Sequence
 from edged.logs import get_logger
 from edged.pathnames import displayable
 from edged.spool import Moved, SpoolFiles
-from edged.store import DONE, FileRecord, Queue, Settled, StoreUnavailable
+from edged.store import DONE, FileRecord, FileState, Queue, Settled, StoreUnavailable
 from edged.timeutil import now_iso
 
 log = get_logger("edged.settle")
 
-_STATES = {"missing": "missing", "changed": "superseded"}
+_STATES: dict[str, FileState] = {"missing": "missing", "changed": "superseded"}
 RETRY_BASE_S = 5.0
 RETRY_MAX_S = 3600.0
 
@@ -38,7 +38,7 @@ class Settler:
         """The result file of a job without input files of its own (spawned by another job)."""
         try:
             self.files.write_result(rel, task, output)
-        except Exception as exc:  # noqa: BLE001 - the result is in the database; the file is a convenience
+        except Exception as exc:  # the result is in the database; the file is a convenience
             log.warning("result_file_failed", file=displayable(rel), task=task, error=f"{type(exc).__name__}: {exc}")
 
     def done(self, job_id: int, task: str, output: str) -> None:
@@ -88,7 +88,7 @@ class Settler:
         for file_id, rel, inode in self.queue.left_in_inbox():
             try:
                 st = self.files.fs.lstat(["inbox", *rel.split("/")])
-            except Exception:  # noqa: BLE001 - unreachable now counts as gone
+            except Exception:  # unreachable now counts as gone
                 st = None
             if st is None or st.st_ino != inode:
                 gone.append(file_id)
@@ -130,12 +130,12 @@ class Settler:
                 info = {"job_id": rec.job_id, "task": task, "source": f"inbox/{rec.display}", "error": error,
                         "attempts": attempts, "failed_at": now_iso()}
                 moved = self.files.fail(rec.path, info, rec.inode, rec.size_bytes, rec.mtime_ns)
-        except Exception as exc:  # noqa: BLE001 - one file's trouble stays that file's
+        except Exception as exc:  # one file's trouble stays that file's
             self._note_trouble(rec, exc)
             return None
         if moved.state == "copied":
             self._note_copy(rec, moved)
-        state = _STATES.get(moved.state, DONE if output is not None else "failed")
+        state: FileState = _STATES.get(moved.state, "done" if output is not None else "failed")
         return Settled(rec.id, state, moved.to, moved.inode, result, left_in_inbox=moved.state == "copied")
 
     def _note_trouble(self, rec: FileRecord, exc: Exception) -> None:

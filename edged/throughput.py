@@ -83,9 +83,9 @@ class Meter:
             acc, waits = dict(self._acc), list(self._waits)
             start, end = self._start, self.clock()
         queued = self.stats.queued_by_task()
-        period = Period(start=start, end=end, jobs_done=acc["jobs_done"], jobs_failed=acc["jobs_failed"],
-                        jobs_retried=acc["jobs_retried"], batches=acc["batches"],
-                        prompt_tokens=acc["prompt_tokens"], output_tokens=acc["output_tokens"],
+        period = Period(start=start, end=end, jobs_done=int(acc["jobs_done"]), jobs_failed=int(acc["jobs_failed"]),
+                        jobs_retried=int(acc["jobs_retried"]), batches=int(acc["batches"]),
+                        prompt_tokens=int(acc["prompt_tokens"]), output_tokens=int(acc["output_tokens"]),
                         engine_ms=acc["engine_ms"], avg_wait_ms=sum(waits) / len(waits) if waits else None,
                         queued_by_task=queued, model=self.model, provider=self.provider)
         if not acc["batches"] and not queued:

@@ -10,7 +10,8 @@ from typing import Literal
 from sqlalchemy.engine import make_url
 
 from edged.config import Settings
-from edged.engine.loader import model_name
+from edged.engine.api import Engine
+from edged.engine.loader import load_engine, model_name
 from edged.intake import Intake
 from edged.settle import Settler
 from edged.spool import IgnoreRules, SpoolFiles, SpoolLayout
@@ -39,6 +40,11 @@ def build_queue(settings: Settings, access: Access = "daemon") -> Queue:
     return open_queue(settings.database_url, readonly=access == "read", migrate_schema=access == "daemon",
                       max_attempts=q.max_attempts, backoff_seconds=q.backoff_seconds,
                       backoff_max_seconds=q.backoff_max_seconds, lease_seconds=q.lease_seconds)
+
+
+def load_model(settings: Settings) -> Engine:
+    """The engine the config names, loaded once for the process (ModelUnavailable says what is wrong)."""
+    return load_engine(settings.model, settings.model_dir)
 
 
 def build_layout(settings: Settings) -> SpoolLayout:

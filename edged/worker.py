@@ -165,7 +165,7 @@ class Worker:
                 # result file lost to a crash after the commit: write it first (a rerun finds
                 # the same text there and leaves it).
                 self.settler.result_file(item.job.source_path, task.name, res.output)
-        for (item, res), ok in zip(finished, self._commit(finished, report)):
+        for (item, res), ok in zip(finished, self._commit(finished, report), strict=True):
             if not ok:
                 log.warning("lease_lost", job_id=item.job.id, task=task.name,
                             detail="the job was handed to another worker; its result was not stored")
@@ -193,7 +193,7 @@ class Worker:
             log.warning("batch_commit_error", error=f"{type(error).__name__}: {error}",
                         detail="storing the batch's results one job at a time")
         out = []
-        for (item, _res), got in zip(finished, self.queue.complete_each(pairs)):
+        for (item, _res), got in zip(finished, self.queue.complete_each(pairs), strict=True):
             if isinstance(got, Exception):
                 self._fail(item.job, f"the result could not be stored: {type(got).__name__}: {got}", True, report)
                 got = False

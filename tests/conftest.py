@@ -79,7 +79,7 @@ class DaemonProcess:
         env.pop("EDGED_CONFIG", None)
         return env
 
-    def start(self, wait_ready: bool = True, timeout: float = 30.0, umask: Optional[int] = None) -> "DaemonProcess":
+    def start(self, wait_ready: bool = True, timeout: float = 30.0, umask: Optional[int] = None) -> DaemonProcess:
         """`umask`: as the unit sets it (UMask=0007), instead of the test runner's."""
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(

@@ -30,8 +30,9 @@ def built_model(source: str, **options) -> Path:
     from edged.models.manifest import Manifest, ManifestError
 
     recipe = Path(source.split(":", 1)[1]) if source.startswith("random:") else Path(source)
-    key_src = json.dumps({"source": source, "content": recipe.read_text() if recipe.is_file() and recipe.suffix == ".json"
-                          else str(recipe), "options": options, "code": _code_hash()}, sort_keys=True)
+    content = recipe.read_text() if recipe.is_file() and recipe.suffix == ".json" else str(recipe)
+    key_src = json.dumps({"source": source, "content": content, "options": options, "code": _code_hash()},
+                         sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     variant = options.get("weights", "int4") + ("qgemm" if options.get("lm_head_kernel") == "qgemm" else "")
     out = CACHE / f"{recipe.stem}-{variant}-{key}"

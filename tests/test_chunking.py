@@ -125,7 +125,7 @@ def test_crlf_and_cr_texts_round_trip_and_bodies_have_no_cr(newline: str) -> Non
     assert any("\n" in c.body for c in split.chunks)  # lone line breaks inside paragraphs
     outputs = [c.body.upper() for c in split.chunks]
     assert reassemble(split, outputs) == split.prefix + "".join(
-        o.replace("\n", newline) + c.gap for o, c in zip(outputs, split.chunks))
+        o.replace("\n", newline) + c.gap for o, c in zip(outputs, split.chunks, strict=False))
 
 
 def test_dominant_newline_and_mixed_line_endings() -> None:
@@ -202,7 +202,7 @@ def test_small_paragraphs_are_packed_greedily() -> None:
     assert _identity(split) == text
     assert 1 < len(split.chunks) < len(paras)
     assert not any(c.hard_split for c in split.chunks)
-    for chunk, nxt in zip(split.chunks, split.chunks[1:]):  # the next paragraph did not fit
+    for chunk, nxt in zip(split.chunks, split.chunks[1:], strict=False):  # the next paragraph did not fit
         assert words(chunk.body + "\n\n" + nxt.body.split("\n\n")[0]) > 10
 
 
@@ -211,7 +211,7 @@ def test_packing_is_exact_when_counts_are_not_additive() -> None:
     split = split_text(text, 20, utf8_quarters)
     _check_chunks(split, 20, utf8_quarters)
     assert _identity(split) == text
-    for chunk, nxt in zip(split.chunks, split.chunks[1:]):  # summed counts would stop earlier
+    for chunk, nxt in zip(split.chunks, split.chunks[1:], strict=False):  # summed counts would stop earlier
         assert utf8_quarters(chunk.body + "\n\n" + nxt.body.split("\n\n")[0]) > 20
 
 

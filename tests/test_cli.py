@@ -84,9 +84,9 @@ def test_submit_status_results(cfg: str, tmp_path: Path, capsys) -> None:
     assert line == ["1", "translate/fr/doc.txt", "new"]
     assert (tmp_path / "spool" / "inbox" / "translate" / "fr" / "doc.txt").read_text() == "Guten Morgen"
     assert main(["submit", "-c", cfg, "-t", "caption", str(img), str(img)]) == 0
-    lines = [l.split("\t") for l in capsys.readouterr().out.strip().splitlines()]
-    assert [(l[1], l[2]) for l in lines] == [("caption/pic.png", "new"), ("caption/pic.1.png", "attached")]
-    assert not [p for p in (tmp_path / "spool" / "inbox").rglob(".*")]  # no temp files left
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(f[1], f[2]) for f in lines] == [("caption/pic.png", "new"), ("caption/pic.1.png", "attached")]
+    assert not list((tmp_path / "spool" / "inbox").rglob(".*"))  # no temp files left
 
     assert main(["submit", "-c", cfg, "-t", "translate", "--lang", "xx-nope", str(src)]) == ExitCode.USAGE
     assert main(["submit", "-c", cfg, "-t", "ocr", "--lang", "de", str(img)]) == ExitCode.USAGE
@@ -106,7 +106,7 @@ def test_submit_status_results(cfg: str, tmp_path: Path, capsys) -> None:
     assert main(["results", "-c", cfg, "--format", "json"]) == 0
     assert _json(capsys) == []  # nothing finished yet
     assert main(["results", "-c", cfg, "--status", "queued", "--format", "jsonl"]) == 0
-    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["source_path"] for r in rows} == {"translate/fr/doc.txt", "caption/pic.png"}
     assert rows[0]["params"] in ({"target_language": "fr"}, {})
     assert main(["results", "-c", cfg, "--since", "yesterday"]) == ExitCode.USAGE
@@ -174,3 +174,26 @@ def test_second_daemon_on_the_same_database_is_refused(daemon_factory) -> None:
                          text=True, timeout=60, env=first.env())
     assert res.returncode == ExitCode.ALREADY_RUNNING and "another edged" in res.stderr
     assert first.stop() == 0
+
+
+def test_a_database_edged_cannot_use_is_a_clean_exit_naming_the_fix(tmp_path: Path) -> None:
+    from edged.store import migrate, open_engine
+
+    cfg = base_config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    engine = open_engine(f"sqlite:///{tmp_path / 'state' / 'edged.db'}")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO schema_migrations VALUES (999, 'x')")
+    for verb in (["status"], ["run"]):
+        res = subprocess.run([sys.executable, "-m", "edged", *verb, "-c", str(path)], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert res.returncode == ExitCode.DATABASE, (verb, res.stderr)
+        assert "newer than this edged" in res.stderr and "upgrade edged" in res.stderr
+        assert "Traceback" not in res.stderr
+    cfg["database"] = "postgresql://box/edged"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "edged", "status", "-c", str(path)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == ExitCode.CONFIG and "only SQLite URLs" in res.stderr and "Traceback" not in res.stderr

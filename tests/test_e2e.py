@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from conftest import DaemonProcess, png_bytes
 
 

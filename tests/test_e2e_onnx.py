@@ -131,7 +131,7 @@ def test_edged_run_translates_with_the_default_model(default_model: Path, daemon
                                              "batch_size": 4},
                                       tasks={"translate": {"source_language": None, "max_new_tokens": 48}})
     inbox = d.spool / "inbox" / "translate"
-    files = {"fr/hello.txt": "Good morning. The weather is nice today.\n".encode(),
+    files = {"fr/hello.txt": b"Good morning. The weather is nice today.\n",
              "en/latin1.txt": FRENCH.encode("latin-1"), "en/utf16.txt": GERMAN.encode("utf-16"),
              "fr/binary.txt": b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256))}
     for rel, data in files.items():

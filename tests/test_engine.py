@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from model_cache import built_model
 from edged.engine.api import Request, RequestError
 from edged.engine.generate import GenParams, repeating
 from edged.engine.onnx import OnnxEngine
 from edged.engine.session import SessionSettings
 from edged.models.manifest import Manifest
 from edged.models.parity import OnnxGreedy, torch_greedy
+from model_cache import built_model
 
 TINY = f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}"
 
@@ -48,7 +48,7 @@ def test_fp32_logits_match_pytorch_past_the_sliding_window(tiny_fp32) -> None:
     steps = 40
     ref_logits, ref_tokens = torch_greedy(model, prompt, steps)
     onnx_logits, onnx_tokens = OnnxGreedy(tiny_fp32, cfg).run(prompt, steps)
-    diffs = [float(np.abs(a - b).max()) for a, b in zip(onnx_logits, ref_logits)]
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(onnx_logits, ref_logits, strict=False)]
     assert max(diffs) < 1e-4, diffs
     assert onnx_tokens == ref_tokens
     assert len(prompt) + steps > 5 * cfg.sliding_window
@@ -61,7 +61,7 @@ def test_batch_of_different_lengths_equals_one_by_one(engine: OnnxEngine) -> Non
     params = [GenParams(max_new_tokens=n, repetition_guard=False) for n in (40, 25, 40, 33)]
     gen = engine.generator
     batched, _ = gen.run(prompts, params)
-    for prompt, p, out in zip(prompts, params, batched):
+    for prompt, p, out in zip(prompts, params, batched, strict=False):
         (single,), _ = gen.run([prompt], [p])
         assert out.tokens == single.tokens
         assert out.finish_reason == single.finish_reason
@@ -90,7 +90,7 @@ def test_control_token_text_in_user_content_is_plain_text(engine: OnnxEngine) ->
 
 def test_engine_generates_through_the_public_interface(engine: OnnxEngine) -> None:
     gens = engine.generate([Request("hello", max_new_tokens=5), Request("a longer prompt here", max_new_tokens=7)])
-    assert [g.output_tokens <= n for g, n in zip(gens, (5, 7))] == [True, True]
+    assert [g.output_tokens <= n for g, n in zip(gens, (5, 7), strict=False)] == [True, True]
     assert all(g.prompt_tokens > 5 for g in gens)  # chat frame + text
     with pytest.raises(RequestError, match="no vision encoder"):
         engine.generate([Request("x", images=(object(),))])
@@ -142,7 +142,8 @@ def test_int4_export_runs_and_stays_close(tiny_fp32) -> None:
     e = OnnxEngine(q, SessionSettings(provider="cpu"))
     (g,) = e.generate([Request("hello", max_new_tokens=8)])
     assert g.output_tokens > 0, g
-    assert (q / "decoder_model_merged.onnx").stat().st_size < (tiny_fp32 / "decoder_model_merged.onnx").stat().st_size / 2
+    fp32_bytes = (tiny_fp32 / "decoder_model_merged.onnx").stat().st_size
+    assert (q / "decoder_model_merged.onnx").stat().st_size < fp32_bytes / 2
 
 
 def test_stop_strings_cut_the_text_but_not_before_the_answer_begins(engine: OnnxEngine) -> None:

@@ -170,7 +170,8 @@ def _random_text(rnd: random.Random, length: int) -> str:
 ROUND_TRIPS = [
     "", " ", "  ", " leading", "trailing ", "  both  ", "many     inner      spaces", " " * 70,
     "\t", "a\tb\t\tc", "\t" * 40, "\n", "\n\n\n", "line\n\n\nline", "\n" * 40, "a\r\nb\r\n", "\r",
-    "🦀🇫🇷", "👩\u200d👩\u200d👧\u200d👦 👍🏽 ❤️", "日本語の文章。中文句子，한국어 문장.", "café naïve Zürich Ångström e\u0301",
+    "🦀🇫🇷", "👩\u200d👩\u200d👧\u200d👦 👍🏽 ❤️", "日本語の文章。中文句子，한국어 문장.",
+    "café naïve Zürich Ångström e\u0301",
     "\x07", "\x00\x01\x1b\x7f", "<0x41> is text", "<table>", "x  \t \n  y",
 ]
 

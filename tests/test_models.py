@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from model_cache import built_model
 from edged.cli import main
+from edged.commands.model import verify_model
 from edged.exitcodes import ExitCode
 from edged.models import default
 from edged.models.importer import ReleaseError, import_onnx_community
 from edged.models.manifest import Manifest, ManifestError
-from edged.commands.model import verify_model
+from model_cache import built_model
 
 TINY = f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}"
 
@@ -45,7 +45,7 @@ def test_verify_finds_corruption(tiny: Path, tmp_path: Path) -> None:
     with open(copy / "tokenizer.json", "a") as fh:
         fh.write(" ")
     ok, lines = verify_model(copy)
-    assert not ok and any("tokenizer.json" in l and "FAIL" in l for l in lines)
+    assert not ok and any("tokenizer.json" in line and "FAIL" in line for line in lines)
     (copy / "edged-model.json").write_text("{}")
     with pytest.raises(ManifestError, match="unknown format"):
         Manifest.load(copy)

@@ -29,7 +29,7 @@ class Listener:
         while time.monotonic() < end:
             try:
                 self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     def keys(self) -> list[str]:
@@ -87,20 +87,22 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None or os.geteuid() != 0,
                     reason="systemd-tmpfiles not installed, or not root")
 def test_tmpfiles_make_the_spool_as_the_readme_says(tmp_path: Path) -> None:
-    import users
-
     import grp
     import pwd
 
+    import users
+
     users.ensure_users()  # test users stand in for edged (the ACL lines resolve names on this host)
     conf = (REPO / "systemd" / "edged.tmpfiles.conf").read_text()
-    conf = conf.replace(" edged edged ", f" {users.DAEMON} {users.GROUP} ").replace(" root  edged ", f" root {users.GROUP} ")
+    conf = conf.replace(" edged edged ", f" {users.DAEMON} {users.GROUP} ")
+    conf = conf.replace(" root  edged ", f" root {users.GROUP} ")
     conf = conf.replace("d:g:edged:", f"d:g:{users.GROUP}:")
     (tmp_path / "t.conf").write_text(conf)
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     d = pwd.getpwnam(users.DAEMON)
-    (root / "etc" / "passwd").write_text(f"root:x:0:0::/root:/bin/sh\n{d.pw_name}:x:{d.pw_uid}:{d.pw_gid}::/:/bin/false\n")
+    (root / "etc" / "passwd").write_text(
+        f"root:x:0:0::/root:/bin/sh\n{d.pw_name}:x:{d.pw_uid}:{d.pw_gid}::/:/bin/false\n")
     (root / "etc" / "group").write_text(f"root:x:0:\n{users.GROUP}:x:{grp.getgrnam(users.GROUP).gr_gid}:\n")
     res = subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}", str(tmp_path / "t.conf")],
                          capture_output=True, text=True, timeout=60)

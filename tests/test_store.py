@@ -60,8 +60,8 @@ def test_migrations_from_a_populated_v1_database_keep_every_row(tmp_path: Path) 
                 (t,))
     con.executemany("INSERT INTO files (job_id, path, inode, state, duplicate, received_at, moved_to)"
                     " VALUES (?, ?, ?, ?, 0, ?, ?)",
-                    [(1, "caption/a.png", 11, "done", t, "done/caption/a.png"), (2, "ocr/b.png", 12, "pending", t, None),
-                     (3, "translate/c.txt", 13, "pending", t, None)])
+                    [(1, "caption/a.png", 11, "done", t, "done/caption/a.png"),
+                     (2, "ocr/b.png", 12, "pending", t, None), (3, "translate/c.txt", 13, "pending", t, None)])
     con.commit()
     con.close()
     engine = open_engine(f"sqlite:///{db}")
@@ -174,7 +174,7 @@ class Clock:
     def __init__(self) -> None:
         self.t = utcnow()
 
-    def __call__(self):  # noqa: ANN204 - datetime
+    def __call__(self):  # datetime
         return self.t
 
     def advance(self, seconds: float) -> None:
@@ -250,7 +250,7 @@ def test_result_and_done_state_commit_together_and_only_once(queue: Queue, tmp_p
     assert rows == [("hello", 3, 4, 5, "done")]
 
 
-def _claimer(url: str, owner: str, out, start) -> None:  # noqa: ANN001 - multiprocessing objects
+def _claimer(url: str, owner: str, out, start) -> None:  # multiprocessing objects
     q = Queue(open_engine(url), owner=owner)
     got: list[int] = []
     start.wait(timeout=60)  # both processes begin together, or one may drain the queue alone

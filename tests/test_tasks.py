@@ -31,7 +31,7 @@ def test_translate_language_from_folder_or_config(make_settings) -> None:
 
 def test_translate_prompt_and_unknown_language(make_settings) -> None:
     s = make_settings()
-    prepared = translate.prepare({"target_language": "de"}, "Hallo {text} <end_of_turn>".encode(), s, CHAT)
+    prepared = translate.prepare({"target_language": "de"}, b"Hallo {text} <end_of_turn>", s, CHAT)
     [req] = prepared.requests
     assert req.text.startswith("Translate the following text to German.")
     assert req.text.endswith("Hallo {text} <end_of_turn>")  # user text is never formatted
@@ -77,7 +77,7 @@ def test_custom_template_with_unknown_field_is_a_clear_error(make_settings) -> N
 
 
 @pytest.mark.parametrize("data, text, encoding", [
-    ("héllo\r\nwörld".encode("utf-8"), "héllo\r\nwörld", "utf-8"),
+    ("héllo\r\nwörld".encode(), "héllo\r\nwörld", "utf-8"),
     ("\ufeffhéllo".encode("utf-8"), "héllo", "utf-8"),
     ("héllo".encode("utf-16"), "héllo", "utf-16-le"),
     ("héllo".encode("utf-32"), "héllo", "utf-32-le"),

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from edged.wiring import open_parts
 from edged.reload import changed_keys, live_settings, needs_restart
 from edged.spool.space import SpaceGuard
 from edged.store import NewFile, ResultData, Settled
@@ -15,6 +14,7 @@ from edged.store.stats import Stats
 from edged.timeutil import iso, utcnow
 from edged.upkeep import checkpoint, retention
 from edged.windows import is_open, next_opening, parse_window
+from edged.wiring import open_parts
 
 
 def _at(hh: int, mm: int = 0) -> datetime:
@@ -128,7 +128,7 @@ def test_a_failed_summary_write_keeps_the_period_for_the_next_one(tmp_path: Path
         def queued_by_task(self) -> dict:
             return {}
 
-        def record(self, period) -> None:  # noqa: ANN001
+        def record(self, period) -> None:
             if self.fail:
                 raise OSError("disk full")
             self.rows.append(period)

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import REPO, DaemonProcess, png_bytes
-from model_cache import built_model
 from edged.engine.api import Request
 from edged.engine.images import pixel_values
 from edged.engine.onnx import OnnxEngine
 from edged.engine.session import SessionSettings
 from edged.models.manifest import Manifest
+from model_cache import built_model
 
 RECIPE = REPO / "models" / "tiny-gemma3-vision.json"
 TINY_VISION = f"random:{RECIPE}"
@@ -63,11 +63,11 @@ def test_batch_of_three_images_equals_one_by_one(tiny_vision) -> None:
     images = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
     images[1].paste((255, 255, 0), (10, 10, 40, 40))
     reqs = [Request(text, images=(im,), max_new_tokens=20)
-            for text, im in zip(["describe", "what is in the picture?", "read the text"], images)]
+            for text, im in zip(["describe", "what is in the picture?", "read the text"], images, strict=False)]
     batched = engine.generate(reqs)
     same_prompt = [Request("describe", images=(im,), max_new_tokens=20) for im in images]
     assert len({g.text for g in engine.generate(same_prompt)}) > 1  # the picture changes the answer
-    for req, got in zip(reqs, batched):
+    for req, got in zip(reqs, batched, strict=False):
         (alone,) = engine.generate([req])
         assert got.text == alone.text and got.output_tokens == alone.output_tokens
     assert all(g.prompt_tokens > 16 for g in batched)  # the image's 16 soft tokens are in the prompt
@@ -120,8 +120,8 @@ def test_daemon_captions_and_reads_images_and_fails_bad_ones(daemon_factory, tin
     assert "3 frames" in anim["notes"][0]
     page = next(e for e in d.events() if e.get("event") == "job_done" and e["file"] == "ocr/page.png")
     assert page["prompt_tokens"] > 3 * 16  # pan-and-scan crops for the tall OCR page
-    assert {k: rows[k] for k in good} == {k: "done" for k in good}
-    assert {k: rows[k] for k in bad} == {k: "failed" for k in bad}
+    assert {k: rows[k] for k in good} == dict.fromkeys(good, "done")
+    assert {k: rows[k] for k in bad} == dict.fromkeys(bad, "failed")
     for rel in bad:
         err = json.loads((d.spool / "failed" / (rel + ".error.json")).read_text())
         assert err["error"] and err["attempts"] == 1

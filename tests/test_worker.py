@@ -9,8 +9,8 @@ import pytest
 from echo_engine import EchoEngine
 
 from conftest import png_bytes
-from edged.wiring import open_parts
 from edged.engine.api import Generation
+from edged.wiring import open_parts
 from edged.worker import Worker
 
 
@@ -167,7 +167,8 @@ def test_looping_or_empty_output_fails_the_job_instead_of_storing_it(rig) -> Non
     r.drop("translate/b.txt", b"EMPTY me")
     r.drop("translate/c.txt", b"fine")
     r.drain()
-    assert r.status("translate/a.txt")[::2] == ("failed", "the model's output fell into a repetition loop; nothing was stored")
+    looped = "the model's output fell into a repetition loop; nothing was stored"
+    assert r.status("translate/a.txt")[::2] == ("failed", looped)
     assert r.status("translate/b.txt")[::2] == ("failed", "the model produced no output")
     assert r.status("translate/c.txt")[0] == "done"
 

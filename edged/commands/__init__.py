@@ -8,6 +8,7 @@ daemon's user and never locks the daemon out.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 from contextlib import contextmanager
@@ -43,8 +44,9 @@ def as_database_owner(settings: Settings) -> Iterator[None]:
         yield
         return
     # Loaded lazily elsewhere: load them while root may still read wherever Python lives.
-    import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401
-    import sqlite3  # noqa: F401
+
+    for module in ("sqlite3", "sqlalchemy.dialects.sqlite.pysqlite"):
+        importlib.import_module(module)
 
     os.setegid(st.st_gid)
     os.seteuid(st.st_uid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -9,10 +10,10 @@ from typing import Callable
 
 from edged.commands.output import emit_json
 from edged.config import Settings
-from edged.wiring import build_layout
 from edged.engine.loader import MANIFEST, is_plugin, model_name
 from edged.exitcodes import ExitCode
 from edged.spool import filesystem_type, is_network_fs
+from edged.wiring import build_layout
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -123,7 +124,7 @@ def _model(settings: Settings) -> tuple[str, str]:
 def preload() -> None:
     """Import what the checks use before a root caller takes the database owner's identity."""
     try:
-        import onnxruntime  # noqa: F401
+        importlib.import_module("onnxruntime")
     except ImportError:
         pass  # the check reports it
 
@@ -147,7 +148,7 @@ def doctor(settings: Settings, as_json: bool = False) -> ExitCode:
     for name, check in checks:
         try:
             level, detail = check()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             level, detail = FAIL, f"{type(exc).__name__}: {exc}"
         report.append({"check": name, "result": level, "detail": detail})
     failed = any(r["result"] == FAIL for r in report)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edged.config import load_config
-from edged.wiring import build_layout
 from edged.exitcodes import CliError, ExitCode
 from edged.tasks import TASK_NAMES
+from edged.wiring import build_layout
 
 TEMPLATE = """\
 # edged configuration written by `edged init`; every key is documented in config.example.yaml.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -25,14 +26,15 @@ def progress_printer() -> Any:
 
 def _need_export_extra() -> None:
     try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        importlib.import_module("torch")
+        importlib.import_module("transformers")
     except ImportError:
         raise CliError("model export needs the export extra: pip install 'edged[export]'", ExitCode.ERROR) from None
 
 
 def export(source: str, out: Path, weights: str, block_size: int, name: Optional[str], chat: Optional[bool],
-           context: Optional[int], verify: bool, lm_head_bits: Optional[int], lm_head_kernel: str = "nbits") -> ExitCode:
+           context: Optional[int], verify: bool, lm_head_bits: Optional[int],
+           lm_head_kernel: str = "nbits") -> ExitCode:
     _need_export_extra()
     from edged.models.export import ExportOptions, export_model
 
@@ -93,7 +95,8 @@ def _mib(n: float) -> str:
 def print_info(m: Manifest, folder: Path) -> None:
     t = m.text
     local = sum(1 for x in t.layer_types if x == "sliding_attention")
-    print(f"model          {m.name} ({'instruction-tuned, chat format' if m.instruction_tuned else 'base, completion prompts'})")
+    kind = "instruction-tuned, chat format" if m.instruction_tuned else "base, completion prompts"
+    print(f"model          {m.name} ({kind})")
     print(f"folder         {folder}")
     print(f"weights        {m.weights} {m.quantization if m.quantization else ''}".rstrip())
     print(f"shape          {t.num_layers} layers ({local} sliding-window of {t.sliding_window}, "

@@ -10,8 +10,8 @@ from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.engine.loader import model_name
 from edged.exitcodes import ExitCode
-from edged.store import DatabaseMissing
 from edged.lock import StateLock
+from edged.store import DatabaseMissing
 from edged.store.queries import queue_summary, throughput_since
 from edged.store.stats import Stats
 from edged.wiring import lock_path

@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 from edged.commands import as_database_owner, command_parts
 from edged.config import Settings
 from edged.exitcodes import CliError, EdgedError, ExitCode
+from edged.languages import accepted, normalise
 from edged.pathnames import displayable
 from edged.spool import SpoolLayout, UnsafePath, candidates
-from edged.spool.watch import Deferred
 from edged.spool.root import FILE_MODE, INBOX_DIR_MODE, TEMP_PREFIX, rename_noreplace
-from edged.languages import accepted, normalise
+from edged.spool.watch import Deferred
 from edged.wiring import Parts, build_layout
 
 

@@ -7,7 +7,6 @@ from typing import Any, Callable, Literal, Optional, Protocol, Sequence, runtime
 
 from edged.exitcodes import EdgedError, ExitCode
 
-
 FinishReason = Literal["stop", "length", "repetition"]
 
 

@@ -122,7 +122,7 @@ class Generator:
             b.bind_cpu_input("position_ids", pos)
         if self.has_token_types:
             b.bind_cpu_input("token_type_ids", token_types if token_types is not None else np.zeros_like(pos))
-        for name, value in zip(self.past_names, past):
+        for name, value in zip(self.past_names, past, strict=True):
             b.bind_ortvalue_input(name, value)
         b.bind_output("logits", "cpu")
         for name in self.present_names:
@@ -140,25 +140,26 @@ class Generator:
     def run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams],
             features: Optional[list[Optional[np.ndarray]]] = None) -> tuple[list[SeqOut], BatchTiming]:
         ctx = self.m.text.context_length
-        for ids in prompts:
-            if len(ids) > ctx:
-                raise RequestError(f"prompt is {len(ids)} tokens, longer than the model's context of {ctx}")
+        for prompt in prompts:
+            if len(prompt) > ctx:
+                raise RequestError(f"prompt is {len(prompt)} tokens, longer than the model's context of {ctx}")
         n = len(prompts)
         width = max(len(p) for p in prompts)
         ids = np.full((n, width), self.m.tokens.pad, dtype=np.int64)
         mask = np.zeros((n, width), dtype=np.int64)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = p
-            mask[row, width - len(p):] = 1
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = prompt
+            mask[row, width - len(prompt):] = 1
         pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0) + self.pos_base
         kvh, hd = self.m.text.num_kv_heads, self.m.text.head_dim
         past = [self._value(np.zeros((n, kvh, 0, hd), dtype=self.kv_dtype)) for _ in self.past_names]
-        outs = [SeqOut(prompt_tokens=len(p)) for p in prompts]
-        rngs = [np.random.default_rng(p.seed) if p.temperature > 0 else None for p in params]
+        outs = [SeqOut(prompt_tokens=len(prompt)) for prompt in prompts]
+        rngs = [np.random.default_rng(gp.seed) if gp.temperature > 0 else None for gp in params]
         timing = BatchTiming()
 
         t0 = time.perf_counter()
-        types = (ids == self.m.tokens.image_soft_token).astype(np.int64) if features else None
+        soft = self.m.tokens.image_soft_token
+        types = np.equal(ids, soft).astype(np.int64) if features and soft is not None else None
         logits, past = self._step(self._embed(ids, features), mask, pos, past, types)
         timing.prefill_ms = (time.perf_counter() - t0) * 1000
         active = list(range(n))  # batch row -> request index

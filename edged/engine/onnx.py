@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
 from edged.config import ModelSettings
-from edged.engine.api import Generation, ModelInfo, ModelUnavailable, Request, RequestError
-from edged.engine.generate import BatchTiming, Generator, GenParams
+from edged.engine.api import BatchTiming, Generation, ModelInfo, ModelUnavailable, Request, RequestError
+from edged.engine.generate import Generator, GenParams
 from edged.engine.images import batch_pixels, pan_and_scan
 from edged.engine.session import SessionSettings, choose_provider, open_session
 from edged.engine.tokenizer import GemmaTokenizer
@@ -35,11 +36,11 @@ class OnnxEngine:
         if missing:
             raise ModelUnavailable(f"{model_dir}: missing {', '.join(missing)}")
         want, why = choose_provider(session)
-        self.embed, got = open_session(model_dir / m.graphs["embed"], session, want)
-        self.decoder, got = open_session(model_dir / m.graphs["decoder"], session, got)
-        self.vision = None
+        self.embed, got = open_session(model_dir / m.graph("embed"), session, want)
+        self.decoder, got = open_session(model_dir / m.graph("decoder"), session, got)
+        self.vision: Optional[ort.InferenceSession] = None
         if m.graphs.get("vision"):
-            self.vision, got = open_session(model_dir / m.graphs["vision"], session, got)
+            self.vision, got = open_session(model_dir / m.graph("vision"), session, got)
         self.name = m.name
         self.provider = got
         self.tokenizer = GemmaTokenizer(model_dir / "tokenizer.json", m.tokens)
@@ -81,7 +82,7 @@ class OnnxEngine:
         return [[im, *(pan_and_scan(im, req.pan_and_scan) if req.pan_and_scan else [])] for im in req.images]
 
     def prompt_ids(self, req: Request, views: list[list[Image.Image]]) -> list[int]:
-        n_tokens = self.manifest.vision.tokens_per_image if req.images else 0
+        n_tokens = self.manifest.vision.tokens_per_image if req.images and self.manifest.vision else 0
         return self.tokenizer.prompt(req.text, chat=self.manifest.instruction_tuned, images=len(req.images),
                                      image_tokens=n_tokens, crops=[len(v) - 1 for v in views])
 
@@ -92,6 +93,7 @@ class OnnxEngine:
         if not images:
             return None
         v = self.manifest.vision
+        assert v is not None and self.vision is not None  # views() refused images for a model without them
         feats = self.vision.run(None, {"pixel_values": batch_pixels(images, v.image_size, v.mean, v.std)})[0]
         out: list[Optional[np.ndarray]] = []
         at = 0
@@ -103,12 +105,12 @@ class OnnxEngine:
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         views = [self.views(r) for r in requests]
-        prompts = [self.prompt_ids(r, v) for r, v in zip(requests, views)]
+        prompts = [self.prompt_ids(r, v) for r, v in zip(requests, views, strict=True)]
         features = self.image_features(views)
         params = [self._params(r) for r in requests]
         outs, self.last_timing = self.generator.run(prompts, params, features)
         return [Generation(self._text(o.tokens, r.stop), o.prompt_tokens, len(o.tokens), o.finish_reason)
-                for o, r in zip(outs, requests)]
+                for o, r in zip(outs, requests, strict=True)]
 
     def _params(self, r: Request) -> GenParams:
         d, s = self.defaults, r.sampling
@@ -120,7 +122,7 @@ class OnnxEngine:
         )
 
     def close(self) -> None:
-        self.embed = self.decoder = self.vision = None  # type: ignore[assignment]
+        self.embed = self.decoder = self.vision = None
 
 
 def load(settings: ModelSettings, model_dir: Path) -> OnnxEngine:

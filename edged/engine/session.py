@@ -50,7 +50,7 @@ def _preload_cuda() -> None:
         return
     try:
         preload()
-    except Exception as exc:  # noqa: BLE001 - a missing library shows up as a CPU session later
+    except Exception as exc:  # a missing library shows up as a CPU session later
         log.debug("cuda_preload_failed", error=str(exc))
 
 

@@ -45,7 +45,7 @@ class GemmaTokenizer:
 
     def image_block(self, n_tokens: int) -> list[Part]:
         t = self.tokens
-        if t.start_of_image is None or t.image_soft_token is None:
+        if t.start_of_image is None or t.image_soft_token is None or t.end_of_image is None:
             raise ValueError("this model has no image tokens")
         return ["\n\n", t.start_of_image, [t.image_soft_token] * n_tokens, t.end_of_image, "\n\n"]
 

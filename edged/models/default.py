@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from edged.exitcodes import EdgedError, ExitCode
 
@@ -33,7 +33,7 @@ PARITY_TEXTS = [
 # run, and there batch 8 costs 17 ms in that layer against 36 ms as MatMulNBits (2 cores),
 # which lifts aggregate batch-8 decoding from 2.8x to 3.35x batch 1 with the same greedy
 # agreement against fp32 (bench/engine.py; closing note of the engine issue).
-EXPORT = {"weights": "int4", "block_size": 16, "symmetric": False, "accuracy_level": 4,
+EXPORT: dict[str, Any] = {"weights": "int4", "block_size": 16, "symmetric": False, "accuracy_level": 4,
           "quantize_embeddings": True, "embed_block_size": 16, "lm_head_bits": 8, "lm_head_kernel": "qgemm",
           "chat": False}
 
@@ -64,7 +64,7 @@ def fetch_gguf(dest: Optional[Path] = None) -> Path:
     return path
 
 
-def build_default(out: Path, progress: Callable[[str], None], force: bool = False):  # noqa: ANN201 - Manifest
+def build_default(out: Path, progress: Callable[[str], None], force: bool = False):  # Manifest
     from edged.models.export import ExportOptions, export_model
     from edged.models.manifest import Manifest, ManifestError
 

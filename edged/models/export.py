@@ -27,8 +27,8 @@ import torch
 from edged.exitcodes import EdgedError, ExitCode
 from edged.models import graphs, parity
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
-from edged.models.torch_model import Loaded, eager, split
 from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_head_qgemm, quantize_nbits, to_fp16
+from edged.models.torch_model import Loaded, eager, split
 from edged.timeutil import now_iso
 
 Progress = Callable[[str], None]
@@ -95,7 +95,7 @@ def load_source(source: str, progress: Progress) -> Loaded:
         progress(f"downloading {source} from the Hugging Face hub")
         try:
             folder, kind = Path(snapshot_download(source)), "hf-hub"
-        except Exception as exc:  # noqa: BLE001 - offline boxes get one clear message
+        except Exception as exc:  # offline boxes get one clear message
             raise ExportError(f"{source}: not a folder or .gguf file here, and the hub refused it: {exc}") from None
     if not (folder / "tokenizer.json").is_file():
         raise ExportError(f"{folder}: tokenizer.json missing")
@@ -124,9 +124,9 @@ def special_tokens(tokenizer_json: Path, text_config: Any) -> Tokens:
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     if by_content.get("<end_of_turn>") is not None and by_content["<end_of_turn>"] not in eos:
         eos.append(by_content["<end_of_turn>"])
+    named: dict[str, Any] = {k: by_content.get(v) for k, v in TOKEN_NAMES.items()}
     return Tokens(bos=text_config.bos_token_id, eos=[int(e) for e in eos if e is not None],
-                  pad=text_config.pad_token_id if text_config.pad_token_id is not None else 0,
-                  **{k: by_content.get(v) for k, v in TOKEN_NAMES.items()})
+                  pad=text_config.pad_token_id if text_config.pad_token_id is not None else 0, **named)
 
 
 def text_shape(cfg: Any, context: Optional[int]) -> TextShape:
@@ -162,6 +162,7 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> 
             info.update(lm_head_bits=8, lm_head_kernel="qgemm")
         elif exclude:
             progress(f"quantizing the output layer to int{opts.lm_head_bits}")
+            assert opts.lm_head_bits is not None  # `exclude` is only set when it is
             quantize_nbits(stage, dec_out, opts.lm_head_bits, opts.block_size, opts.symmetric,
                            opts.accuracy_level, exclude=[])
             info["lm_head_bits"] = opts.lm_head_bits

@@ -203,7 +203,7 @@ def build_tokenizer(vocab: GgufVocab) -> Tokenizer:
         [decoders.Replace(SPACE_MARK, " "), decoders.ByteFallback(), decoders.Fuse()]
     )
     special, plain = [], []
-    for piece, kind in zip(pieces, vocab.token_types):
+    for piece, kind in zip(pieces, vocab.token_types, strict=True):
         if kind in (TokenType.CONTROL, TokenType.UNKNOWN) or piece in MULTIMODAL_MARKERS:
             special.append(AddedToken(piece, special=True, normalized=False))
         elif kind == TokenType.USER_DEFINED:

@@ -159,7 +159,7 @@ class DecoderGraph(nn.Module):
                       past_key_values=cache, cache_position=cache_position)[0]
         h = m.norm(h[:, -1:, :])
         logits = self.lm_head(h)
-        present = [t for pair in cache.present for t in pair]
+        present = [t for pair in cache.present if pair is not None for t in pair]
         return (logits, *present)
 
 

@@ -67,6 +67,13 @@ class Manifest:
     weights: str  # int4 | int8 | fp16 | fp32
     instruction_tuned: bool
     graphs: dict[str, Optional[str]]  # embed, decoder, vision -> file name
+
+    def graph(self, role: str) -> str:
+        """The file of a graph the model must have (embed, decoder)."""
+        name = self.graphs.get(role)
+        if not name:
+            raise ManifestError(f"model {self.name}: the manifest names no {role} graph")
+        return name
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, bytes}
     vision: Optional[Vision] = None
     source: dict[str, Any] = field(default_factory=dict)
@@ -108,7 +115,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, folder: Path) -> "Manifest":
+    def load(cls, folder: Path) -> Manifest:
         path = Path(folder) / MANIFEST
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -46,7 +46,7 @@ class OnnxGreedy:
             logits.append(last)
             token = int(np.argmax(last))
             tokens.append(token)
-            past = dict(zip(self.names, out[1:]))
+            past = dict(zip(self.names, out[1:], strict=True))
             ids = np.array([[token]], dtype=np.int64)
             mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
             pos = np.array([[mask.shape[1] - 1]], dtype=np.int64)
@@ -81,9 +81,9 @@ def sample_prompts(cfg: Any, bos: Optional[int] = None) -> list[list[int]]:
 
 
 def _compare(a: list[np.ndarray], b: list[np.ndarray], ta: list[int], tb: list[int]) -> dict[str, Any]:
-    agree = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), len(ta))
+    agree = next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), len(ta))
     return {
-        "max_abs_logit_diff": float(max(np.abs(x - y).max() for x, y in zip(a, b))),
+        "max_abs_logit_diff": float(max(np.abs(x - y).max() for x, y in zip(a, b, strict=False))),
         "prefill_max_abs_logit_diff": float(np.abs(a[0] - b[0]).max()),
         "greedy_tokens_equal": ta == tb,
         "greedy_agreement": agree,

@@ -57,7 +57,8 @@ def build_random(recipe_path: Path, progress: Callable[[str], None]) -> Loaded:
         model = Gemma3ForCausalLM(text_cfg)
     progress(f"built {recipe['name']} with random weights ({sum(p.numel() for p in model.parameters()):,} parameters)")
     work = Path(tempfile.mkdtemp(prefix="edged-random-"))
-    special = {name: int(recipe["tokens"][name.strip("<>")]) for name in SPECIALS if name.strip("<>") in recipe["tokens"]}
+    tokens = recipe["tokens"]
+    special = {name: int(tokens[name.strip("<>")]) for name in SPECIALS if name.strip("<>") in tokens}
     tokenizer = byte_tokenizer(work / "tokenizer.json", special)
     text, head = split(eager(model))
     return Loaded(model, text, head, tokenizer, {"kind": "random", "recipe": str(recipe_path)},

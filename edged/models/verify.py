@@ -36,9 +36,13 @@ def check_model(folder: Path) -> tuple[bool, list[str]]:
     }
     for role, (ins, outs) in expect.items():
         name = m.graphs.get(role)
+        if not name:
+            lines.append(f"FAIL manifest names no {role} graph")
+            ok = False
+            continue
         try:
             have_in, have_out = _io(folder / name)
-        except Exception as exc:  # noqa: BLE001 - any load failure is the finding
+        except Exception as exc:  # any load failure is the finding
             lines.append(f"FAIL {name}: cannot load: {exc}")
             ok = False
             continue

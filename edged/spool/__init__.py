@@ -2,7 +2,12 @@
 
 from edged.spool.files import Moved, SpoolFiles, error_note_name
 from edged.spool.layout import (
-    Fingerprint, IgnoreRules, InputChanged, InputRefused, Inspection, SpoolLayout,
+    Fingerprint,
+    IgnoreRules,
+    InputChanged,
+    InputRefused,
+    Inspection,
+    SpoolLayout,
 )
 from edged.spool.root import SpoolRoot, UnsafePath, candidates, fit_name
 from edged.spool.watch import SpoolWatcher, StabilityTracker, filesystem_type, is_network_fs

@@ -21,8 +21,18 @@ from edged.config import Settings
 from edged.pathnames import displayable
 from edged.spool.layout import SpoolLayout
 from edged.spool.root import (
-    DIR_MODE, INBOX_DIR_MODE, TEMP_PREFIX, TEMP_SUFFIX, UnsafePath, candidates, fit_name, lstat_at,
-    open_regular, rename_noreplace, replace_file, write_new,
+    DIR_MODE,
+    INBOX_DIR_MODE,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    UnsafePath,
+    candidates,
+    fit_name,
+    lstat_at,
+    open_regular,
+    rename_noreplace,
+    replace_file,
+    write_new,
 )
 
 # The daemon may not take the file out of the folder it is in: copy it instead.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 from edged.pathnames import displayable
-from edged.spool.root import DIR_MODE, INBOX_DIR_MODE, SpoolRoot, UnsafePath, tighten, lstat_at, open_regular
+from edged.spool.root import DIR_MODE, INBOX_DIR_MODE, SpoolRoot, UnsafePath, lstat_at, open_regular, tighten
 
 AREAS = ("inbox", "done", "failed", "out")
 _CHUNK = 1 << 20

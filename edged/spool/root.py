@@ -35,7 +35,7 @@ class UnsafePath(Exception):
     """A component below the spool root is a symbolic link or not a folder: edged does not go there."""
 
 
-def _libc_renameat2():  # noqa: ANN202 - a ctypes function or None
+def _libc_renameat2():  # a ctypes function or None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2

@@ -26,8 +26,8 @@ def free_mb(path: Path) -> int:
 class SpaceGuard:
     """Tracks whether each watched place has at least `min_free_mb` free; logs each change once."""
 
-    def __init__(self, paths: Mapping[str, Path] | Path, min_free_mb: int, on_resume: Optional[Callable[[], None]] = None,
-                 measure: Callable[[Path], int] = free_mb) -> None:
+    def __init__(self, paths: Mapping[str, Path] | Path, min_free_mb: int,
+                 on_resume: Optional[Callable[[], None]] = None, measure: Callable[[Path], int] = free_mb) -> None:
         self.paths = dict(paths) if isinstance(paths, Mapping) else {"spool": Path(paths)}
         self.min_free_mb = min_free_mb
         self.on_resume = on_resume or (lambda: None)

@@ -41,7 +41,8 @@ def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> Opti
                 if len(fields) < 5 or not right:
                     continue
                 mount_point = fields[4].encode().decode("unicode_escape")
-                if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+                below = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if below and len(mount_point) >= len(best):
                     best, best_type = mount_point, right.split()[0]
     except OSError:
         return None
@@ -127,7 +128,7 @@ class Deferred(Exception):
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: "SpoolWatcher") -> None:
+    def __init__(self, watcher: SpoolWatcher) -> None:
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -147,7 +148,7 @@ class _Handler(FileSystemEventHandler):
 class SpoolWatcher:
     """Feeds complete files of the inbox to `on_ready`, from its own thread."""
 
-    def __init__(self, layout: SpoolLayout, quiet_seconds: float, on_ready: Callable[[list[Path]], None],
+    def __init__(self, layout: SpoolLayout, quiet_seconds: float, on_ready: Callable[[list[Path]], object],
                  polling: bool = False, poll_interval: float = 1.0, tick: float = 0.2) -> None:
         self.layout = layout
         self.on_ready = on_ready

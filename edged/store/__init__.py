@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from edged.store.backoff import backoff_delay
 from edged.store.db import DatabaseMissing, open_engine, read, write
 from edged.store.errors import StoreUnavailable
 from edged.store.files import FileRecord, Settled
-from edged.store.backoff import backoff_delay
 from edged.store.queue import Enqueued, Job, NewFile, Queue, ResultData, canonical_params
-from edged.store.states import DONE, FAILED, QUEUED, RUNNING, FileState, JobState, JobStatus, Outcome, Recovered
 from edged.store.schema import SchemaMismatch, migrate, require_current
+from edged.store.states import DONE, FAILED, QUEUED, RUNNING, FileState, JobState, JobStatus, Outcome, Recovered
 
 __all__ = [
     "DONE", "FAILED", "QUEUED", "RUNNING", "DatabaseMissing", "Enqueued", "FileRecord", "FileState", "Job", "JobState",

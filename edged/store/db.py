@@ -54,7 +54,7 @@ def open_engine(url: str, readonly: bool = False, create: bool = True) -> Engine
     path = sqlite_path(url)
     if (readonly or not create) and (path is None or not path.is_file()):
         raise DatabaseMissing(f"no database at {path or url} yet: the daemon creates it when it first starts")
-    if readonly:
+    if readonly and path is not None:
         # A WAL database has its -wal file while any connection is open. Without one, nobody
         # is writing and everything is folded into the main file: read it as immutable, which
         # needs no -shm (a group member cannot create one in the daemon's state folder, and
@@ -68,7 +68,7 @@ def open_engine(url: str, readonly: bool = False, create: bool = True) -> Engine
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
+    def _on_connect(dbapi_conn, _record) -> None:  # DB-API objects
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

@@ -77,8 +77,8 @@ class FileRecords:
         if not job_ids:
             return out
         with read(self.engine) as conn:
-            rows = run(conn, f"SELECT {_COLUMNS} FROM files f WHERE f.job_id IN :ids AND f.state = :state ORDER BY f.id",
-                       expanding=("ids",), ids=list(job_ids), state=state).all()
+            rows = run(conn, f"SELECT {_COLUMNS} FROM files f WHERE f.job_id IN :ids AND f.state = :state"
+                             " ORDER BY f.id", expanding=("ids",), ids=list(job_ids), state=state).all()
         for r in rows:
             out[r.job_id].append(_record(r))
         return out
@@ -97,8 +97,8 @@ class FileRecords:
         now = self.now()
         with write(self.engine) as conn:
             for s in settled:
-                run(conn, "UPDATE files SET state = :state, moved_to = :to, moved_inode = :inode, result_file = :result,"
-                          " left_in_inbox = :left, settle_error = NULL, settled_at = :now"
+                run(conn, "UPDATE files SET state = :state, moved_to = :to, moved_inode = :inode,"
+                          " result_file = :result, left_in_inbox = :left, settle_error = NULL, settled_at = :now"
                           " WHERE id = :id AND state = 'pending'",
                     state=s.state, to=to_db(s.moved_to), inode=s.moved_inode, result=to_db(s.result_file),
                     left=int(s.left_in_inbox), now=now, id=s.file_id)

@@ -20,7 +20,7 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
         by_task: dict[str, dict[str, int]] = {}
         totals = {"queued": 0, "running": 0, "done": 0, "failed": 0}
         for task, status, n in run(conn, "SELECT task, status, COUNT(*) FROM jobs GROUP BY task, status ORDER BY task"):
-            by_task.setdefault(task, {k: 0 for k in totals})[status] = n
+            by_task.setdefault(task, dict.fromkeys(totals, 0))[status] = n
             totals[status] += n
         oldest = run(conn, "SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").scalar()
         done, failed = run(conn, "SELECT COUNT(CASE WHEN status = 'done' THEN 1 END),"
@@ -29,7 +29,7 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
         tokens, busy_ms = run(conn, "SELECT COALESCE(SUM(output_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM results"
                                     " WHERE created_at >= :since", since=hour_ago).one()
         files_waiting = run(conn, "SELECT COUNT(*) FROM files WHERE state = 'pending'").scalar_one()
-        stuck, left = run(conn, 
+        stuck, left = run(conn,
             "SELECT (SELECT COUNT(*) FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.state = 'pending'"
             "   AND j.status IN ('done', 'failed') AND f.settle_error IS NOT NULL),"
             " (SELECT COUNT(*) FROM files WHERE left_in_inbox = 1)").one()

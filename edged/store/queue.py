@@ -53,8 +53,8 @@ class NewFile:
 
 @dataclass(frozen=True)
 class Enqueued:
-    job_id: Optional[int]
-    file_id: Optional[int]
+    job_id: int
+    file_id: int
     outcome: Outcome
 
 
@@ -140,7 +140,8 @@ class Queue(FileRecords, Recovery):
         pending = run(conn, "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256"
                             " FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.path = :path AND f.state = 'pending'",
                       path=path).first()
-        fingerprint = {"inode": item.inode, "size": item.size_bytes, "mtime": item.mtime_ns, "ctime": item.ctime_ns}
+        fingerprint: dict[str, Any] = {"inode": item.inode, "size": item.size_bytes, "mtime": item.mtime_ns,
+                                       "ctime": item.ctime_ns}
         if pending is not None:
             same_file = (pending.inode, pending.size_bytes, pending.mtime_ns) == (item.inode, item.size_bytes,
                                                                                    item.mtime_ns)
@@ -155,7 +156,7 @@ class Queue(FileRecords, Recovery):
             # The file was replaced in place before its job ran: the old record no longer
             # describes what is on disk.
             run(conn, "UPDATE files SET state = 'superseded', settled_at = :now WHERE id = :id", now=now, id=pending.id)
-        job = {"task": item.task, "params": canonical_params(item.params), "model": model, "now": now,
+        job: dict[str, Any] = {"task": item.task, "params": canonical_params(item.params), "model": model, "now": now,
                "source": displayable(item.path), "sha": item.sha256, "size": item.size_bytes}  # source: for people
         outcome: Outcome
         if item.refused is not None:
@@ -287,8 +288,9 @@ class Queue(FileRecords, Recovery):
             status, next_run = QUEUED, iso(now + timedelta(seconds=delay))
         with write(self.engine) as conn:
             updated = run(conn, "UPDATE jobs SET status = :status, error = :error, next_run_at = :next,"
-                                " finished_at = :finished, solo = 0, crashes = 0, lease_owner = NULL, lease_pid = NULL,"
-                                " lease_expires_at = NULL WHERE id = :id AND status = 'running' AND lease_owner = :owner",
+                                " finished_at = :finished, solo = 0, crashes = 0, lease_owner = NULL,"
+                                " lease_pid = NULL, lease_expires_at = NULL"
+                                " WHERE id = :id AND status = 'running' AND lease_owner = :owner",
                           status=status, error=error, next=next_run, finished=iso(now) if final else None, id=job.id,
                           owner=self.owner).rowcount
         return status if updated else None

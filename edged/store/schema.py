@@ -161,7 +161,8 @@ def migrate(engine: Engine) -> list[int]:
     """Apply every migration newer than the database; return the versions applied."""
     applied: list[int] = []
     with write(engine) as conn:  # BEGIN IMMEDIATE: two processes never migrate at once
-        run(conn, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        run(conn, "CREATE TABLE IF NOT EXISTS schema_migrations"
+                  " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
         have = run(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
         if have > SCHEMA_VERSION:
             raise SchemaMismatch(

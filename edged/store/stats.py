@@ -65,7 +65,7 @@ class Stats:
     def queued_by_task(self) -> dict[str, int]:
         with read(self.engine) as conn:
             rows = run(conn, "SELECT task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY task").all()
-        return {task: n for task, n in rows}
+        return dict(rows)
 
     def record(self, p: Period) -> None:
         with write(self.engine) as conn:
@@ -149,7 +149,8 @@ class Stats:
             # Only finished jobs whose children are finished too: a job re-queued (by `edged
             # retry`) since it was listed is kept, and so is its parent.
             return run(conn, "DELETE FROM jobs WHERE id IN :ids AND status IN ('done', 'failed') AND NOT EXISTS"
-                             " (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.status IN ('queued', 'running'))",
+                             " (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id"
+                             "  AND c.status IN ('queued', 'running'))",
                        expanding=("ids",), ids=list(job_ids)).rowcount
 
     def prune_throughput(self, before: datetime) -> int:

@@ -12,7 +12,7 @@ TASK_NAMES = tuple(REGISTRY)
 
 
 def get(name: str) -> Task:
-    return REGISTRY[name]  # type: ignore[return-value]
+    return REGISTRY[name]
 
 
 __all__ = ["Assembled", "FollowUp", "InputError", "Prepared", "REGISTRY", "TASK_NAMES", "Task", "get"]

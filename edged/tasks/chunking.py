@@ -86,7 +86,7 @@ def reassemble(split: Split, outputs: Sequence[str]) -> str:
     if len(outputs) != len(split.chunks):
         raise ValueError(f"{len(outputs)} outputs for {len(split.chunks)} chunks")
     pieces = [split.prefix]
-    for output, chunk in zip(outputs, split.chunks):
+    for output, chunk in zip(outputs, split.chunks, strict=True):
         # Normalise first so that a "\r\n" from the model does not become "\r\r\n".
         out = _normalise(output)
         pieces.append(out.replace("\n", split.newline) if split.newline != "\n" else out)
@@ -217,7 +217,7 @@ def _joined(s: str, i: int) -> bool:
 
 
 def _join(parts: Sequence[_Part]) -> str:
-    pieces = []
+    pieces: list[str] = []
     for p in parts[:-1]:
         pieces += (p.body, _normalise(p.gap))
     pieces.append(parts[-1].body)

@@ -6,12 +6,11 @@ import io
 import warnings
 
 import numpy as np
-
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edged.config import ImageTaskSettings, Settings
 from edged.engine.api import Request
-from edged.tasks.base import InputError, require_bytes, render
+from edged.tasks.base import InputError, render, require_bytes
 
 
 def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
@@ -23,12 +22,14 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
         # Pillow warns (not raises) between 1x and 2x its limit: treat both as a bomb.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise InputError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (decompression bomb guard)")
-            if getattr(img, "n_frames", 1) > 1:
-                notes.append(f"animated image with {img.n_frames} frames: used the first")
+                raise InputError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}"
+                                 " (decompression bomb guard)")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"animated image with {frames} frames: used the first")
                 img.seek(0)
             img.load()
         except InputError:

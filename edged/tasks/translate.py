@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 from edged.config import Settings, TranslateSettings
 from edged.engine.api import Generation, ModelInfo, Request
-from edged.tasks.base import Assembled, InputError, Prepared, require_bytes, render, require_text
-from edged.tasks.chunking import reassemble, split_text
 from edged.languages import LANGUAGES, accepted, normalise
+from edged.tasks.base import Assembled, InputError, Prepared, render, require_bytes, require_text
+from edged.tasks.chunking import reassemble, split_text
 from edged.tasks.text import decode_text
 
 name = "translate"

@@ -6,8 +6,9 @@ prompt contains this text), batch_fail (raise for any batch larger than 1), mode
 a hash of the prompt; "echo": the prompt itself), context_length, instruction_tuned,
 empty_on / loop_on (a prompt containing this text gets an empty / looping output), crash_on
 (the process aborts, as in a native crash, when a prompt contains this text), kill_on (the
-process dies by SIGKILL, which leaves no trace of its cause), and calls_file (a line "start <pid> <n>" before and "end <pid> <n>" after each call, so
-that a test or a benchmark can tell when a batch is in the model).
+process dies by SIGKILL, which leaves no trace of its cause), and calls_file (a line
+"start <pid> <n>" before and "end <pid> <n>" after each call, so that a test or a benchmark
+can tell when a batch is in the model).
 """
 
 from __future__ import annotations
