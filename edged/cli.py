@@ -120,7 +120,8 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
                                     " or a hub model id")
     e.add_argument("--from", dest="source", required=True, metavar="SOURCE")
     e.add_argument("--out", required=True, metavar="DIR")
-    e.add_argument("--weights", choices=["int4", "int8", "fp16", "fp32"], default="int4")
+    e.add_argument("--weights", choices=["auto", "gguf", "int4", "int8", "fp16", "fp32"], default="auto",
+                   help="auto (default): a .gguf source keeps its own blocks (gguf), others get int4")
     e.add_argument("--block-size", type=int, default=32, help="quantization block (int4/int8), default 32")
     e.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="bits of the output layer (default: --weights)")
     e.add_argument("--lm-head-kernel", choices=["nbits", "qgemm"], default="nbits",

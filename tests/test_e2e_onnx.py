@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import model_cache
 from conftest import REPO, DaemonProcess, png_bytes
 from model_cache import CACHE, _code_hash, built_model
 
@@ -74,12 +76,56 @@ def test_default_model_build_and_parity(default_model: Path) -> None:
     from edged.models.manifest import Manifest
 
     m = Manifest.load(default_model)
-    assert m.name == "gemma-3-270m" and m.weights == "int4" and not m.instruction_tuned
+    assert m.name == "gemma-3-270m" and m.weights == "gguf" and not m.instruction_tuned
     assert m.text.num_layers == 18 and m.text.sliding_window == 512 and m.text.vocab_size == 262144
     fp32 = m.parity["fp32_vs_pytorch"]
     assert fp32["prompts"] == 5 and fp32["greedy_tokens_equal"], fp32
     assert m.check_files(default_model) == []
     assert not (default_model / "tokenizer.model").exists()
+
+
+@pytest.mark.slow
+def test_default_model_holds_the_ggufs_own_weights(default_model: Path) -> None:
+    """Every quantized weight in the built graphs dequantizes to exactly what gguf-py makes of the
+    GGUF tensor it names, and each sits in the layer it came from."""
+    import onnx
+    from gguf import GGUFReader
+    from gguf.quants import dequantize as gguf_dequantize
+    from onnx import numpy_helper
+
+    from edged.models.gguf_blocks import NBitsForm, dequantize
+    from edged.models.manifest import Manifest
+
+    info = Manifest.load(default_model).quantization
+    assert info["fallbacks"] == [] and info["source_types"]["Q8_0 (embedding)"] == 1, info
+    reader = GGUFReader(str(model_cache.default_gguf()))
+    tensors = {t.name: t for t in reader.tensors}
+    checked = 0
+    for graph in ("decoder_model_merged.onnx", "embed_tokens.onnx"):
+        model = onnx.load(str(default_model / graph), load_external_data=True)
+        inits = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+                continue
+            attrs = {a.name: a.i for a in node.attribute}
+            data, scales = (node.input[1], node.input[2]) if node.op_type == "MatMulNBits" else (node.input[0],
+                                                                                                  node.input[2])
+            zp = node.input[3] if len(node.input) > 3 else None
+            tname = data.removesuffix(".q")
+            t = tensors[tname]
+            n, k = int(t.shape[1]), int(t.shape[0])
+            packed = numpy_helper.to_array(inits[data]).reshape(n, k // attrs["block_size"], -1)
+            offsets = inits.get(f"{tname}.offsets")
+            form = NBitsForm(attrs["bits"], attrs["block_size"], packed, numpy_helper.to_array(inits[scales]),
+                             numpy_helper.to_array(inits[zp]) if zp else None,
+                             numpy_helper.to_array(offsets).T if offsets is not None else None)
+            want = gguf_dequantize(t.data, t.tensor_type).reshape(n, k)
+            assert np.array_equal(dequantize(form), want), (graph, node.name, tname)
+            layer = re.search(r"/layers\.(\d+)/", node.name)
+            assert (layer is None) == (not tname.startswith("blk.")), (node.name, tname)
+            assert layer is None or tname.startswith(f"blk.{layer.group(1)}."), (node.name, tname)
+            checked += 1
+    assert checked == 18 * 7 + 2  # every projection of 18 layers, the output layer and the embedding
 
 
 @pytest.mark.slow

@@ -24,18 +24,11 @@ PARITY_TEXTS = [
     "The three primary colors are",
     "Water boils at a temperature of",
 ]
-# Chosen by measurement (see the closing note of the engine issue; /tmp experiments on five
-# probes): int4 in blocks of 16 with zero points and int8 activations (accuracy_level 4);
-# the 262k-row output layer in int8; the embedding table in int4 blocks of 16. Blocks of 32
-# and an int4 output layer made the base model drift into loops and lose the French of the
-# translation probe; an int4 embedding in blocks of 32 did the most damage of all.
-# The output layer runs as MatMulInteger ("qgemm"): the default model is what CPU-only boxes
-# run, and there batch 8 costs 17 ms in that layer against 36 ms as MatMulNBits (2 cores),
-# which lifts aggregate batch-8 decoding from 2.8x to 3.35x batch 1 with the same greedy
-# agreement against fp32 (bench/engine.py; closing note of the engine issue).
-EXPORT: dict[str, Any] = {"weights": "int4", "block_size": 16, "symmetric": False, "accuracy_level": 4,
-          "quantize_embeddings": True, "embed_block_size": 16, "lm_head_bits": 8, "lm_head_kernel": "qgemm",
-          "chat": False}
+# The GGUF's own blocks, not re-quantized (gguf_carry.py): Q8_0, Q5_0 and Q6_K as 8-bit
+# MatMulNBits, Q4_K as 4-bit with its mins, the tied Q8_0 embedding/output layer read by
+# GatherBlockQuantized and MatMulNBits from one copy. int8 activations (accuracy_level 4), as
+# llama.cpp's own dot products use. Fidelity and speed: bench/fidelity.py, bench/engine.py.
+EXPORT: dict[str, Any] = {"weights": "gguf", "accuracy_level": 4, "chat": False}
 
 
 def cache_dir() -> Path:

@@ -14,6 +14,7 @@ graphs at all. torch.onnx.export with our own wrappers (graphs.py) does all thre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -46,7 +47,7 @@ class ExportError(EdgedError):
 
 @dataclass
 class ExportOptions:
-    weights: str = "int4"
+    weights: str = "auto"  # gguf for a .gguf source, else the recommended recipe
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
@@ -136,7 +137,13 @@ def text_shape(cfg: Any, context: Optional[int]) -> TextShape:
                      context_length=context or cfg.max_position_embeddings)
 
 
-def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress) -> dict[str, Any]:
+def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress, loaded: Loaded) -> dict[str, Any]:
+    if opts.weights == "gguf":
+        if loaded.source.get("kind") != "gguf":
+            raise ExportError("--weights gguf keeps a GGUF file's own blocks: it needs a .gguf source")
+        from edged.models.gguf_carry import carry
+
+        return carry(Path(loaded.source["path"]), tmp, out, opts.accuracy_level, progress)
     info: dict[str, Any] = {"weights": opts.weights}
     dec_src, emb_src = tmp / "decoder_model_merged.onnx", tmp / "embed_tokens.onnx"
     dec_out, emb_out = out / "decoder_model_merged.onnx", out / "embed_tokens.onnx"
@@ -188,11 +195,14 @@ def export_model(source: str, out: Path, opts: Optional[ExportOptions] = None,
                  progress: Optional[Progress] = None) -> Manifest:
     opts = opts or ExportOptions()
     progress = progress or (lambda msg: None)
-    if opts.weights not in WEIGHTS:
-        raise ExportError(f"--weights {opts.weights!r}: choose one of {', '.join(WEIGHTS)}")
+    if opts.weights not in (*WEIGHTS, "auto"):
+        raise ExportError(f"--weights {opts.weights!r}: choose one of auto, {', '.join(WEIGHTS)}")
     if opts.lm_head_kernel not in ("nbits", "qgemm"):
         raise ExportError(f"--lm-head-kernel {opts.lm_head_kernel!r}: choose nbits or qgemm")
     loaded = load_source(source, progress)
+    if opts.weights == "auto":
+        # A GGUF keeps its own blocks; other sources get the recipe chosen by measurement.
+        opts = dataclasses.replace(opts, weights="gguf" if loaded.source.get("kind") == "gguf" else "int4")
     try:
         return _export_loaded(loaded, out, opts, progress)
     finally:
@@ -248,7 +258,7 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
             if vision is not None:
                 report["vision_fp32_vs_pytorch"] = parity.vision_vs_torch(
                     loaded.model, tmp, cfg, tokens, vision.image_size, opts.parity_steps)
-        qinfo = _quantize(tmp, out, opts, progress)
+        qinfo = _quantize(tmp, out, opts, progress, loaded)
         if vision is not None:
             shutil.copy(tmp / "vision_encoder.onnx", out / "vision_encoder.onnx")
             for data in tmp.glob("vision_encoder.onnx.data"):

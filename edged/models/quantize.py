@@ -16,7 +16,7 @@ import onnx
 
 from edged.models.graphs import IR_VERSION
 
-WEIGHTS = ("int4", "int8", "fp16", "fp32")
+WEIGHTS = ("gguf", "int4", "int8", "fp16", "fp32")  # gguf: a GGUF source's own blocks (gguf_carry.py)
 
 
 def _save(model: onnx.ModelProto, out: Path) -> None:
