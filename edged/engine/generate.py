@@ -199,3 +199,28 @@ class Generator:
             timing.steps += 1
         timing.decode_ms = (time.perf_counter() - t0) * 1000
         return outs, timing
+
+    def score(self, rows: Sequence[Sequence[int]], first: int) -> np.ndarray:
+        """Log-probabilities of each token after position `first` given all before it, for rows of
+        one length: [rows, length - 1 - first]. As llama-perplexity scores a window (its second half),
+        but one position per step, because the decoder returns the last position's logits only."""
+        ids = np.asarray(rows, dtype=np.int64)
+        n, length = ids.shape
+        if not 0 <= first < length - 1:
+            raise RequestError(f"score: first position {first} outside rows of {length} tokens")
+        kvh, hd = self.m.text.num_kv_heads, self.m.text.head_dim
+        past = [self._value(np.zeros((n, kvh, 0, hd), dtype=self.kv_dtype)) for _ in self.past_names]
+        mask = np.ones((n, first + 1), dtype=np.int64)
+        pos = np.arange(first + 1, dtype=np.int64)[None].repeat(n, 0) + self.pos_base
+        logits, past = self._step(self._embed(ids[:, :first + 1]), mask, pos, past)
+        scores = np.empty((n, length - 1 - first), dtype=np.float64)
+        for j in range(first, length - 1):
+            z = logits.astype(np.float64)
+            top = z.max(axis=1, keepdims=True)
+            lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+            scores[:, j - first] = z[np.arange(n), ids[:, j + 1]] - lse
+            if j + 1 < length - 1:
+                mask = np.ones((n, j + 2), dtype=np.int64)
+                logits, past = self._step(self._embed(ids[:, j + 1:j + 2]), mask,
+                                          np.full((n, 1), j + 1 + self.pos_base, dtype=np.int64), past)
+        return scores

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""How faithfully a model build answers as its reference does: perplexity, greedy agreement, size.
+
+Usage: python bench/fidelity.py --reference FP32_DIR MODEL_DIR [MODEL_DIR ...]
+       [--data bench/data] [--ctx 512] [--steps 32] [--threads N]
+       [--llama-perplexity BIN --gguf FILE]
+
+Perplexity is scored as llama.cpp's `llama-perplexity -c 512` scores it: the text (BOS first)
+is cut into windows of 512 tokens, the first token of each window is BOS, and only the second
+half of each window counts (each of those tokens has at least 256 tokens of context). Greedy
+agreement: for each prompt of bench/data/prompts.txt, how many of the first 32 greedy tokens
+equal the reference's. Size: the model's weight files (graphs and their data).
+
+With --llama-perplexity (built from llama-cpp-python's sdist, see the README) and --gguf, the
+same texts are scored by llama.cpp on the GGUF, beside ours.
+
+One table per model, then one key=value line per model; the last line is the last model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edged.engine.generate import GenParams
+from edged.engine.onnx import OnnxEngine
+from edged.engine.session import SessionSettings
+from edged.logs import configure_logging
+
+DATA = Path(__file__).resolve().parent / "data"
+TEXTS = ("en", "fr", "de", "es")
+
+
+@dataclass
+class Figures:
+    name: str
+    weights: str
+    size_mb: float
+    nll: dict[str, np.ndarray] = field(default_factory=dict)  # per text: log-probs of the scored tokens
+    greedy: list[list[int]] = field(default_factory=list)
+
+    def ppl(self, text: str = "all") -> float:
+        values = np.concatenate(list(self.nll.values())) if text == "all" else self.nll[text]
+        return math.exp(-float(values.mean()))
+
+
+def weights_mb(folder: Path) -> float:
+    files = [p for p in folder.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx_data")]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def windows(ids: list[int], bos: int, ctx: int) -> list[list[int]]:
+    tokens = [bos, *ids]
+    rows = [tokens[i * ctx:(i + 1) * ctx] for i in range(len(tokens) // ctx)]
+    for row in rows:
+        row[0] = bos
+    return rows
+
+
+def measure(folder: Path, texts: dict[str, str], prompts: list[str], args: argparse.Namespace) -> Figures:
+    engine = OnnxEngine(folder, SessionSettings(provider="cpu", threads=args.threads))
+    gen, bos = engine.generator, engine.manifest.tokens.bos
+    fig = Figures(folder.name, engine.manifest.weights, weights_mb(folder))
+    for name, text in texts.items():
+        rows = windows(engine.tokenizer.encode(text), bos, args.ctx)
+        scores = [gen.score(rows[i:i + 8], args.ctx // 2) for i in range(0, len(rows), 8)]
+        fig.nll[name] = np.concatenate([s.ravel() for s in scores])
+    fixed = GenParams(max_new_tokens=args.steps, stop_on_eos=False, repetition_guard=False)
+    for prompt in prompts:
+        outs, _ = gen.run([[bos, *engine.tokenizer.encode(prompt)]], [fixed])
+        fig.greedy.append(outs[0].tokens)
+    return fig
+
+
+def agreement(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def llama_ppl(binary: str, gguf: str, path: Path, ctx: int, threads: int) -> tuple[float, int]:
+    """(perplexity, scored tokens) from llama-perplexity's own final estimate."""
+    run = subprocess.run([binary, "-m", gguf, "-f", str(path), "-c", str(ctx), "-b", str(ctx),
+                          "-t", str(threads or 2), "--no-warmup"], capture_output=True, text=True, check=False)
+    found = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
+    chunks = re.search(r"calculating perplexity over (\d+) chunks", run.stdout + run.stderr)
+    if run.returncode != 0 or not found or not chunks:
+        sys.exit(f"llama-perplexity failed on {path.name}:\n{(run.stdout + run.stderr)[-2000:]}")
+    return float(found.group(1)), int(chunks.group(1)) * (ctx - 1 - ctx // 2)
+
+
+def report(fig: Figures, ref: Figures | None, llama: dict[str, float]) -> dict[str, float]:
+    print(f"\n{fig.name}  ({fig.weights}, weights {fig.size_mb:.1f} MB)")
+    head = f"{'text':6} {'tokens':>7} {'ppl':>9}"
+    head += f" {'ref ppl':>9} {'ratio':>7}" if ref else ""
+    head += f" {'llama.cpp':>10}" if llama else ""
+    print(head)
+    for text in [*fig.nll, "all"]:
+        tokens = sum(len(v) for v in fig.nll.values()) if text == "all" else len(fig.nll[text])
+        line = f"{text:6} {tokens:7d} {fig.ppl(text):9.4f}"
+        if ref:
+            line += f" {ref.ppl(text):9.4f} {fig.ppl(text) / ref.ppl(text):7.4f}"
+        if llama:
+            line += f" {llama.get(text, float('nan')):10.4f}"
+        print(line)
+    out = {"size_mb": fig.size_mb, "ppl": fig.ppl()}
+    if ref:
+        agree = [agreement(a, b) for a, b in zip(fig.greedy, ref.greedy, strict=True)]
+        print(f"greedy agreement with {ref.name} ({len(agree)} prompts x {len(fig.greedy[0])} tokens): "
+              f"median {statistics.median(agree):g}, min {min(agree)}, all {agree}")
+        out |= {"ppl_ratio": fig.ppl() / ref.ppl(), "agreement_median": statistics.median(agree)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", type=Path, help="model folders to measure")
+    ap.add_argument("--reference", type=Path, help="the fp32 export every model is compared with")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--llama-perplexity", help="llama.cpp's llama-perplexity binary")
+    ap.add_argument("--gguf", help="the GGUF llama-perplexity scores")
+    args = ap.parse_args()
+    configure_logging("warning", "console")
+    paths = {t: args.data / f"{t}.txt" for t in TEXTS}
+    texts = {t: p.read_text(encoding="utf-8") for t, p in paths.items() if p.exists()}
+    prompts = [p for p in (args.data / "prompts.txt").read_text(encoding="utf-8").splitlines() if p.strip()]
+
+    llama: dict[str, float] = {}
+    if args.llama_perplexity and args.gguf:
+        counts = {}
+        for t in texts:
+            llama[t], counts[t] = llama_ppl(args.llama_perplexity, args.gguf, args.data / f"{t}.txt", args.ctx,
+                                            args.threads)
+        total = sum(counts.values())
+        llama["all"] = math.exp(sum(counts[t] * math.log(llama[t]) for t in texts) / total)
+
+    ref = measure(args.reference, texts, prompts, args) if args.reference else None
+    lines = []
+    if ref:
+        report(ref, None, llama)
+    for folder in args.models:
+        fig = ref if ref and folder.resolve() == args.reference.resolve() else measure(folder, texts, prompts, args)
+        figures = report(fig, ref, llama)
+        lines.append(f"variant={fig.name} " + " ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+    if llama:
+        lines.insert(0, f"llama_cpp_ppl={llama['all']:.4f}")
+    print()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
