@@ -159,6 +159,9 @@ class TranslateSettings(TaskSettings):
     source_language: Optional[str] = live(None)
     # Completion-style template for base models (the default 270M); fields as in `prompt`.
     completion_prompt: Optional[str] = live(None)
+    # Base models, English source: a prompt with example pairs. auto: for the languages where it
+    # measured better (tasks/fewshot.py); always: every language with examples; off: never.
+    few_shot: Literal["auto", "always", "off"] = live("auto")
     # Largest piece of a long text sent to the model at once, in tokens.
     chunk_tokens: int = live(384, ge=16)
 

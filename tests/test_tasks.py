@@ -41,12 +41,39 @@ def test_translate_prompt_and_unknown_language(make_settings) -> None:
 
 
 def test_base_models_get_a_completion_prompt_that_stops_at_the_next_pair(make_settings) -> None:
-    s = make_settings(tasks={"translate": {"source_language": "en"}})
+    s = make_settings(tasks={"translate": {"source_language": "en", "few_shot": "off"}})
     [req] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, BASE).requests
     assert req.text == "Translation from English into French.\n\nEnglish:\nGood morning.\n\nFrench:\n"
     assert "\n\nEnglish:" in req.stop
     [chat] = translate.prepare({"target_language": "fr"}, b"Good morning.", s, CHAT).requests
     assert chat.text.startswith("Translate the following English text to French.") and not chat.stop
+
+
+def test_few_shot_prompts_where_they_won_and_only_for_english_sources(make_settings, monkeypatch) -> None:
+    from edged.tasks import fewshot
+
+    monkeypatch.setattr(fewshot, "WINS", frozenset({"de", "pt"}))
+    auto = make_settings()
+    [req] = translate.prepare({"target_language": "de"}, b"Good {morning}.", auto, BASE).requests
+    assert req.text.startswith("English: The shop opens at nine") and req.text.count("\nGerman: ") == 3
+    assert req.text.endswith("\n\nEnglish: Good {morning}.\nGerman:")  # user text never formatted
+    [br] = translate.prepare({"target_language": "pt-BR"}, b"Hi.", auto, BASE).requests  # a region of a winner
+    assert br.text.count("\nBrazilian Portuguese: ") == 3 and br.text.endswith("\nBrazilian Portuguese:")
+    assert "\nEnglish:" in req.stop and "\n\n" in req.stop
+    assert translate.prepare({"target_language": "de"}, b"Hi.", auto, BASE).notes["prompt"] == "few-shot"
+    # Not where it did not win, not for other source languages, never over the user's own
+    # template, never for instruction-tuned models; `always` uses every language with examples.
+    zero = "Translation into French.\n\nOriginal:\nHi.\n\nFrench:\n"
+    assert translate.prepare({"target_language": "fr"}, b"Hi.", auto, BASE).requests[0].text == zero
+    assert translate.prepare({"target_language": "fr"}, b"Hi.", make_settings(
+        tasks={"translate": {"few_shot": "always"}}), BASE).requests[0].text.startswith("English: ")
+    for cfg in ({"source_language": "it"}, {"completion_prompt": "{language}: {text}"}):
+        [other] = translate.prepare({"target_language": "de"}, b"Hi.", make_settings(tasks={"translate": cfg}),
+                                    BASE).requests
+        assert not other.text.startswith("English: ")
+    assert translate.prepare({"target_language": "de"}, b"Hi.", auto, CHAT).requests[0].text.startswith("Translate")
+    assert not translate.prepare({"target_language": "ko"}, b"Hi.", make_settings(
+        tasks={"translate": {"few_shot": "always"}}), BASE).requests[0].text.startswith("English: ")
 
 
 def test_translation_output_checks(make_settings) -> None:

@@ -7,11 +7,12 @@ the outputs are put back in order with the original paragraph breaks and line en
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from edged.config import Settings, TranslateSettings
 from edged.engine.api import Generation, ModelInfo, Request
 from edged.languages import LANGUAGES, accepted, normalise
+from edged.tasks import fewshot
 from edged.tasks.base import Assembled, InputError, Prepared, render, require_bytes, require_text
 from edged.tasks.chunking import reassemble, split_text
 from edged.tasks.text import decode_text
@@ -37,6 +38,17 @@ def _fields(cfg: TranslateSettings, tag: str) -> dict[str, str]:
     source = LANGUAGES[cfg.source_language] if cfg.source_language else None
     return {"language": LANGUAGES[tag], "source": f"{source} " if source else "",
             "source_from": f"from {source} " if source else "", "source_label": source or "Original"}
+
+
+def _few_shot(cfg: TranslateSettings, model: ModelInfo, tag: str) -> Optional[str]:
+    """The few-shot template for this job, or None where it does not apply or did not win."""
+    if model.instruction_tuned or cfg.completion_prompt or cfg.few_shot == "off":
+        return None
+    if cfg.source_language not in (None, "en") or fewshot.base(tag) == "en":
+        return None  # the examples are English sentences
+    if cfg.few_shot == "auto" and fewshot.base(tag) not in fewshot.WINS:
+        return None
+    return fewshot.template(tag, LANGUAGES[tag])
 
 
 def _template(cfg: TranslateSettings, model: ModelInfo) -> str:
@@ -65,10 +77,12 @@ def _budget(cfg: TranslateSettings, model: ModelInfo, overhead: int) -> tuple[in
     return budget, max_new
 
 
-def _stops(template: str, fields: dict[str, str], model: ModelInfo) -> list[str]:
+def _stops(fields: dict[str, str], model: ModelInfo, few_shot: bool) -> list[str]:
     """Where a base model's continuation ends: when it starts the next bilingual pair."""
     if model.instruction_tuned:
         return []
+    if few_shot:
+        return ["\nEnglish:", f"\n{fields['language']}:"]
     return ["\n\n" + line for line in (f"{fields['source_label']}:", f"{fields['language']}:", "Translation ")]
 
 
@@ -82,11 +96,12 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
     if not text.strip():
         raise InputError("the file holds no text (only whitespace)")
     fields = _fields(cfg, tag)
-    template = _template(cfg, model)
+    shots = _few_shot(cfg, model, tag)
+    template = shots or _template(cfg, model)
     overhead = model.count_tokens(render(template, **fields, text="")) + PROMPT_SLACK
     budget, max_new = _budget(cfg, model, overhead)
     split = split_text(text, budget, model.count_tokens)
-    stop = _stops(template, fields, model)
+    stop = _stops(fields, model, shots is not None)
 
     def stops(body: str) -> tuple[str, ...]:
         if not stop:
@@ -100,7 +115,7 @@ def prepare(params: dict[str, Any], data: bytes, settings: Settings, model: Mode
     hard = sum(c.hard_split for c in split.chunks)
 
     notes = {"encoding": encoding, "chars": len(text), "chunks": len(split.chunks), "chunk_budget": budget,
-             "target_language": tag, "hard_splits": hard or None}
+             "target_language": tag, "hard_splits": hard or None, "prompt": "few-shot" if shots else None}
     notes = {k: v for k, v in notes.items() if v is not None}
 
     def assemble(generations: list[Generation]) -> Assembled:
