@@ -94,12 +94,19 @@ def cmd_doctor(args: argparse.Namespace) -> ExitCode:
         return doctor(settings, as_json=args.json)
 
 
+def _patterns(given: Optional[list[str]]) -> Optional[tuple[str, ...]]:
+    return None if given is None else tuple(p for p in given if p != "none")
+
+
 def cmd_model(args: argparse.Namespace) -> ExitCode:
     from edged.commands import model
 
     if args.model_verb == "export":
-        return model.export(args.source, Path(args.out), args.weights, args.block_size, args.name, args.chat,
-                            args.context_length, not args.no_verify, args.lm_head_bits, args.lm_head_kernel)
+        return model.export(args.source, Path(args.out), {
+            "weights": args.weights, "algorithm": args.algorithm, "block_size": args.block_size,
+            "symmetric": args.symmetric, "int8_layers": _patterns(args.int8),
+            "lm_head_bits": args.lm_head_bits, "name": args.name, "chat": args.chat,
+            "context_length": args.context_length, "verify": not args.no_verify})
     if args.model_verb == "build-default":
         out = Path(args.out) if args.out else _settings(args).model_dir
         return model.build_default(out, args.force)
@@ -107,7 +114,7 @@ def cmd_model(args: argparse.Namespace) -> ExitCode:
         return model.import_release(Path(args.dir), Path(args.out), args.dtype, args.name)
     if args.model_verb == "verify":
         return model.verify(Path(args.dir), args.prompt, args.tokens)
-    return model.info(Path(args.dir))
+    return model.info(Path(args.dir), args.json)
 
 
 def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -122,10 +129,15 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     e.add_argument("--out", required=True, metavar="DIR")
     e.add_argument("--weights", choices=["auto", "gguf", "int4", "int8", "fp16", "fp32"], default="auto",
                    help="auto (default): a .gguf source keeps its own blocks (gguf), others get int4")
-    e.add_argument("--block-size", type=int, default=32, help="quantization block (int4/int8), default 32")
-    e.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="bits of the output layer (default: --weights)")
-    e.add_argument("--lm-head-kernel", choices=["nbits", "qgemm"], default="nbits",
-                   help="output layer as MatMulNBits (default), or int8 MatMulInteger: faster batches on CPUs")
+    q = e.add_argument_group("int4 recipe (defaults: the one chosen by measurement, see README)")
+    q.add_argument("--algorithm", choices=["rtn", "k_quant", "hqq"], help="rounding of the 4-bit blocks")
+    q.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256], help="values per 4-bit block")
+    q.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="rtn without zero points")
+    q.add_argument("--int8", action="append", metavar="PATTERN",
+                   help="MatMul nodes kept at 8 bits: fnmatch on the node name, e.g. '*/v_proj/*'; "
+                        "'none' for no layer; repeatable")
+    q.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="output layer and embedding table")
     e.add_argument("--name", help="model name recorded with jobs (default: from the source)")
     chat = e.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="instruction-tuned: chat format")
@@ -145,8 +157,9 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     v.add_argument("dir")
     v.add_argument("--prompt", default="The capital of France is")
     v.add_argument("--tokens", type=int, default=16)
-    n = msub.add_parser("info", help="what a model folder holds")
+    n = msub.add_parser("info", help="what a model folder holds, and its parity figures in words")
     n.add_argument("dir")
+    n.add_argument("--json", action="store_true", help="the manifest as JSON, with the explanations")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def built_model(source: str, **options) -> Path:
     key_src = json.dumps({"source": source, "content": content, "options": options, "code": _code_hash()},
                          sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    variant = options.get("weights", "int4") + ("qgemm" if options.get("lm_head_kernel") == "qgemm" else "")
+    variant = options.get("weights", "auto")
     out = CACHE / f"{recipe.stem}-{variant}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:

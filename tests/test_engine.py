@@ -117,18 +117,34 @@ def test_repetition_guard() -> None:
     assert not repeating([1, 2] * 5)  # too short to call it a loop
 
 
-def test_qgemm_output_layer_is_matmulinteger_and_close_to_fp32(tiny_fp32) -> None:
+def test_int4_export_keeps_every_weight_on_block_kernels_and_the_tied_table_once(tiny_fp32) -> None:
     import onnx
 
-    q = built_model(TINY, weights="int4", block_size=16, lm_head_kernel="qgemm")
+    q = built_model(TINY, weights="int4", int8_layers=("*/v_proj/*",))
     m = Manifest.load(q)
-    assert m.quantization["lm_head_kernel"] == "qgemm"
-    ops = {n.op_type for n in onnx.load(str(q / "decoder_model_merged.onnx"), load_external_data=False).graph.node}
-    assert {"MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits"} <= ops
-    assert m.parity["int4_vs_fp32"]["max_abs_logit_diff"] < 5.0
+    assert m.quantization["algorithm"] and m.quantization["head_bits"] == 8 and m.quantization["int8"] == ["*/v_proj/*"]
+    dec = onnx.load(str(q / "decoder_model_merged.onnx"), load_external_data=False).graph
+    emb = onnx.load(str(q / "embed_tokens.onnx"), load_external_data=False).graph
+    ops = {n.op_type for n in dec.node}
+    # No MatMulInteger/DynamicQuantizeLinear: the CUDA provider has no kernel for them.
+    assert "MatMulNBits" in ops and not ops & {"MatMulInteger", "DynamicQuantizeLinear"}
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in dec.node if n.op_type == "MatMulNBits"}
+    assert all(b == 8 for name, b in bits.items() if "v_proj" in name or "lm_head" in name)
+    assert all(b == 4 for name, b in bits.items() if "q_proj" in name or "mlp" in name)
+    weights = {t.name for t in dec.initializer}
+    assert not [n.name for n in dec.node if n.op_type == "MatMul" and n.input[1] in weights]  # none left float
+    assert [n.op_type for n in emb.node if n.op_type.startswith("Gather")] == ["GatherBlockQuantized"]
+
+    # The embedding's table is the output layer's weights: the same bytes of weights.data.
+    table = next(n.input[0] for n in emb.node if n.op_type == "GatherBlockQuantized")
+    head = next(n.input[1] for n in dec.node if n.op_type == "MatMulNBits" and "lm_head" in n.name)
+
+    def where(graph, name):
+        (t,) = [t for t in graph.initializer if t.name == name]
+        return {e.key: e.value for e in t.external_data}
+
+    assert where(emb, table) == where(dec, head) and where(dec, head)["location"] == "weights.data"
     e = OnnxEngine(q, SessionSettings(provider="cpu"))
-    # Activations are quantized per call (one scale for the batch), so batched rows need not
-    # equal single ones bit for bit as they do in fp32; they must still generate.
     gens = e.generate([Request("hello there", max_new_tokens=6), Request("a much longer prompt", max_new_tokens=6)])
     assert all(g.output_tokens > 0 for g in gens), gens
 

@@ -72,8 +72,24 @@ def test_model_cli_verbs(tiny: Path, capsys) -> None:
     assert main(["model", "info", str(tiny)]) == 0
     out = capsys.readouterr().out
     assert "tiny-gemma3-text" in out and "bytes/token" in out and "fp32_vs_pytorch" in out
+    assert "Every continuation is identical" in " ".join(out.split())  # the parity figures in words
+    assert main(["model", "info", "--json", str(tiny)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["name"] == "tiny-gemma3-text" and data["parity"]["fp32_vs_pytorch"]["greedy_tokens_equal"]
+    assert any("against PyTorch" in line for line in data["explained"])
     assert main(["model", "verify", str(tiny), "--tokens", "3"]) == 0
     assert main(["model", "info", str(tiny.parent / "nope")]) == ExitCode.NOT_FOUND
+
+
+def test_parity_figures_are_explained_as_what_they_mean() -> None:
+    from edged.models.explain import parity
+
+    rep = {"prompts": 5, "steps": 32, "max_abs_logit_diff": 22.5, "prefill_max_abs_logit_diff": 1.4,
+           "greedy_tokens_equal": False, "greedy_agreement": [15, 32, 32, 2, 32]}
+    text = parity("gguf_vs_fp32", rep)
+    assert "3 of 5 continuations are identical" in text and "part after 2, 15 tokens" in text
+    assert "at most 1.4" in text and "GGUF's own, bit for bit" in text
+    assert "int4 build" in parity("int4_vs_fp32", rep) and "GGUF" not in parity("int4_vs_fp32", rep)
 
 
 def test_default_recipe_matches_the_code() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -32,14 +34,12 @@ def _need_export_extra() -> None:
         raise CliError("model export needs the export extra: pip install 'edged[export]'", ExitCode.ERROR) from None
 
 
-def export(source: str, out: Path, weights: str, block_size: int, name: Optional[str], chat: Optional[bool],
-           context: Optional[int], verify: bool, lm_head_bits: Optional[int],
-           lm_head_kernel: str = "nbits") -> ExitCode:
+def export(source: str, out: Path, options: dict[str, Any]) -> ExitCode:
+    """`options`: ExportOptions fields as the command line gave them (None: the default)."""
     _need_export_extra()
     from edged.models.export import ExportOptions, export_model
 
-    opts = ExportOptions(weights=weights, block_size=block_size, name=name, chat=chat, context_length=context,
-                         verify=verify, lm_head_bits=lm_head_bits, lm_head_kernel=lm_head_kernel)
+    opts = ExportOptions(**{k: v for k, v in options.items() if v is not None})
     manifest = export_model(source, out, opts, progress_printer())
     print_info(manifest, out)
     return ExitCode.OK
@@ -82,8 +82,13 @@ def verify(folder: Path, prompt: str, tokens: int) -> ExitCode:
     return ExitCode.OK if ok else ExitCode.CHECK_FAILED
 
 
-def info(folder: Path) -> ExitCode:
+def info(folder: Path, as_json: bool = False) -> ExitCode:
     manifest = Manifest.load(folder)
+    if as_json:
+        from edged.models.explain import words
+
+        print(json.dumps({"folder": str(folder), **manifest.to_json(), "explained": words(manifest)}, indent=2))
+        return ExitCode.OK
     print_info(manifest, folder)
     return ExitCode.OK
 
@@ -110,3 +115,8 @@ def print_info(m: Manifest, folder: Path) -> None:
     for key, rep in m.parity.items():
         print(f"parity         {key}: max |Δlogit| {rep.get('max_abs_logit_diff', float('nan')):.3g}, "
               f"greedy equal {rep.get('greedy_tokens_equal')}, agreement {rep.get('greedy_agreement')}")
+    from edged.models.explain import words
+
+    for line in words(m):
+        print()
+        print(textwrap.fill(line, width=96, initial_indent="  ", subsequent_indent="  "))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import torch
 from edged.exitcodes import EdgedError, ExitCode
 from edged.models import graphs, parity
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
-from edged.models.quantize import WEIGHTS, lm_head_nodes, quantize_head_qgemm, quantize_nbits, to_fp16
+from edged.models.quantize import WEIGHTS, lm_head_nodes, to_fp16
+from edged.models.recipe import ALGORITHMS, DEFAULT_RECIPE, Recipe
 from edged.models.torch_model import Loaded, eager, split
 from edged.timeutil import now_iso
 
@@ -47,23 +47,25 @@ class ExportError(EdgedError):
 
 @dataclass
 class ExportOptions:
-    weights: str = "auto"  # gguf for a .gguf source, else the recommended recipe
-    block_size: int = 32
-    symmetric: bool = True
-    accuracy_level: int = 4
-    quantize_embeddings: bool = True
-    embed_block_size: int = 32  # the embedding Gather is quantized symmetric, in its own blocks
-    lm_head_bits: Optional[int] = None  # None: same as the other MatMuls
-    # "nbits": MatMulNBits like the rest; "qgemm": int8 per-channel weights with dynamically
-    # quantized activations (MatMulInteger), ONNX Runtime's CPU GEMM kernel, which scales with
-    # the batch far better than MatMulNBits for this 262k-row layer (see quantize.py).
-    lm_head_kernel: str = "nbits"
+    weights: str = "auto"  # gguf for a .gguf source, else int4 with the recipe below
+    # int4/int8: the recipe (recipe.py); the defaults are the one chosen by measurement.
+    algorithm: str = DEFAULT_RECIPE.algorithm
+    block_size: int = DEFAULT_RECIPE.block
+    symmetric: bool = DEFAULT_RECIPE.symmetric
+    int8_layers: tuple[str, ...] = DEFAULT_RECIPE.int8
+    lm_head_bits: int = DEFAULT_RECIPE.head_bits  # the output layer and the embedding table
+    accuracy_level: int = 4  # int8 activations: 8-bit weights take a slow path on CPU without it
     name: Optional[str] = None
     chat: Optional[bool] = None  # None: guessed from the source (chat template, "-it" name)
     context_length: Optional[int] = None
     verify: bool = True
     parity_texts: Optional[list[str]] = None  # real prompts for the checks (default: random ids)
     parity_steps: int = 12
+
+    def recipe(self, head: frozenset[str]) -> Recipe:
+        return Recipe(bits=4 if self.weights == "int4" else 8, algorithm=self.algorithm, block=self.block_size,
+                      symmetric=self.symmetric, int8=tuple(self.int8_layers), head_bits=self.lm_head_bits,
+                      head=head)
 
 
 def _guess_chat(folder: Path, name: str) -> bool:
@@ -147,37 +149,16 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress, loa
     info: dict[str, Any] = {"weights": opts.weights}
     dec_src, emb_src = tmp / "decoder_model_merged.onnx", tmp / "embed_tokens.onnx"
     dec_out, emb_out = out / "decoder_model_merged.onnx", out / "embed_tokens.onnx"
-    # The quantizer logs every node at INFO and warns that int4 needs opset 21, which it then sets.
-    quiet = logging.getLogger("onnxruntime.quantization")
-    quiet.setLevel(logging.ERROR)
-    for h in logging.getLogger().handlers:
-        h.setLevel(logging.WARNING)
     if opts.weights in ("int4", "int8"):
-        bits = 4 if opts.weights == "int4" else 8
-        info.update(bits=bits, block_size=opts.block_size, symmetric=opts.symmetric,
-                    accuracy_level=opts.accuracy_level, embeddings=bits if opts.quantize_embeddings else 32,
-                    embed_block_size=opts.embed_block_size)
-        head = lm_head_nodes(dec_src)
-        qgemm = opts.lm_head_kernel == "qgemm"
-        exclude = head if qgemm or (opts.lm_head_bits and opts.lm_head_bits != bits) else []
-        progress(f"quantizing the decoder to {opts.weights} (block {opts.block_size})")
-        stage = tmp / "decoder.stage.onnx" if exclude else dec_out
-        quantize_nbits(dec_src, stage, bits, opts.block_size, opts.symmetric, opts.accuracy_level, exclude=exclude)
-        if qgemm:
-            progress("quantizing the output layer to int8 (per channel, dynamic activations)")
-            quantize_head_qgemm(stage, dec_out, head)
-            info.update(lm_head_bits=8, lm_head_kernel="qgemm")
-        elif exclude:
-            progress(f"quantizing the output layer to int{opts.lm_head_bits}")
-            assert opts.lm_head_bits is not None  # `exclude` is only set when it is
-            quantize_nbits(stage, dec_out, opts.lm_head_bits, opts.block_size, opts.symmetric,
-                           opts.accuracy_level, exclude=[])
-            info["lm_head_bits"] = opts.lm_head_bits
-        if opts.quantize_embeddings:
-            progress(f"quantizing the embedding table to {opts.weights}")
-            quantize_nbits(emb_src, emb_out, bits, opts.embed_block_size, True, None, gather=True)
-        else:
-            shutil.copy(emb_src, emb_out)
+        from edged.models.blockwrite import write_graphs
+        from edged.models.recipe import RecipeSource
+
+        recipe = opts.recipe(frozenset(lm_head_nodes(dec_src)))
+        progress(f"quantizing to {opts.weights} ({recipe.algorithm}, blocks of {recipe.block})")
+        source = RecipeSource(recipe)
+        types = write_graphs(source, tmp, out, opts.accuracy_level, progress)
+        info.update(recipe.describe(), accuracy_level=opts.accuracy_level, types=dict(sorted(types.items())),
+                    notes=source.notes)
     elif opts.weights == "fp16":
         progress("converting to fp16")
         to_fp16(dec_src, dec_out)
@@ -197,8 +178,10 @@ def export_model(source: str, out: Path, opts: Optional[ExportOptions] = None,
     progress = progress or (lambda msg: None)
     if opts.weights not in (*WEIGHTS, "auto"):
         raise ExportError(f"--weights {opts.weights!r}: choose one of auto, {', '.join(WEIGHTS)}")
-    if opts.lm_head_kernel not in ("nbits", "qgemm"):
-        raise ExportError(f"--lm-head-kernel {opts.lm_head_kernel!r}: choose nbits or qgemm")
+    if opts.algorithm not in ALGORITHMS:
+        raise ExportError(f"--algorithm {opts.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    if opts.block_size not in (16, 32, 64, 128, 256):
+        raise ExportError(f"--block-size {opts.block_size}: choose 16, 32, 64, 128 or 256")
     loaded = load_source(source, progress)
     if opts.weights == "auto":
         # A GGUF keeps its own blocks; other sources get the recipe chosen by measurement.

@@ -54,7 +54,7 @@ def _f16(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
 
 
-def _pack4(q: np.ndarray) -> np.ndarray:
+def pack4(q: np.ndarray) -> np.ndarray:
     """uint8 values 0..15, [..., 2m] -> [..., m] with the even element in the low nibble."""
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
@@ -98,7 +98,7 @@ def to_form(kind: str, data: np.ndarray, n: int, k: int) -> Optional[NBitsForm]:
         b = _rows(data, n, k, 18, 32)
         qs = b[..., 2:]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-        return NBitsForm(4, 32, _pack4(q), _f16(b[..., :2]).reshape(n, -1))
+        return NBitsForm(4, 32, pack4(q), _f16(b[..., :2]).reshape(n, -1))
     if kind == Q6_K:
         b = _rows(data, n, k, 210, QK_K)
         ql, qh, sc, d = b[..., :128], b[..., 128:192], b[..., 192:208], b[..., 208:210]
@@ -120,7 +120,7 @@ def to_form(kind: str, data: np.ndarray, n: int, k: int) -> Optional[NBitsForm]:
             qs = b[..., 16:].reshape(n, -1, 4, 1, 32)  # four pairs of sub-blocks, 32 bytes each
             q = np.concatenate([qs & 0x0F, qs >> 4], axis=-2).reshape(n, -1, 32)
             zero = np.zeros((n, (q.shape[1] + 1) // 2), dtype=np.uint8)
-            return NBitsForm(4, 32, _pack4(q), scales, zero, offsets)
+            return NBitsForm(4, 32, pack4(q), scales, zero, offsets)
         hb = b[..., 16:48].reshape(n, -1, 1, 32)
         high = np.concatenate([(hb >> s) & 1 for s in range(8)], axis=-2).reshape(n, -1, 8, 32)
         qs = b[..., 48:].reshape(n, -1, 4, 1, 32)
