@@ -12,7 +12,10 @@ agreement: for each prompt of bench/data/prompts.txt, how many of the first 32 g
 equal the reference's. Size: the model's weight files (graphs and their data).
 
 With --llama-perplexity (built from llama-cpp-python's sdist, see the README) and --gguf, the
-same texts are scored by llama.cpp on the GGUF, beside ours.
+same texts are scored by llama.cpp on the GGUF, beside ours. With --llama-f32 too (the same
+GGUF made F32 by `llama-quantize --allow-requantize X.gguf X-f32.gguf F32`), llama.cpp's own
+fidelity to its F32 on the same texts (`--kl-divergence`: ppl ratio, same top token), the
+yardstick for ours against the fp32 export.
 
 One table per model, then one key=value line per model; the last line is the last model's.
 """
@@ -45,6 +48,7 @@ class Figures:
     weights: str
     size_mb: float
     nll: dict[str, np.ndarray] = field(default_factory=dict)  # per text: log-probs of the scored tokens
+    top: dict[str, np.ndarray] = field(default_factory=dict)  # per text: the model's top token there
     greedy: list[list[int]] = field(default_factory=list)
 
     def ppl(self, text: str = "all") -> float:
@@ -72,7 +76,8 @@ def measure(folder: Path, texts: dict[str, str], prompts: list[str], args: argpa
     for name, text in texts.items():
         rows = windows(engine.tokenizer.encode(text), bos, args.ctx)
         scores = [gen.score(rows[i:i + 8], args.ctx // 2) for i in range(0, len(rows), 8)]
-        fig.nll[name] = np.concatenate([s.ravel() for s in scores])
+        fig.nll[name] = np.concatenate([s.logprobs.ravel() for s in scores])
+        fig.top[name] = np.concatenate([s.top.ravel() for s in scores])
     fixed = GenParams(max_new_tokens=args.steps, stop_on_eos=False, repetition_guard=False)
     for prompt in prompts:
         outs, _ = gen.run([[bos, *engine.tokenizer.encode(prompt)]], [fixed])
@@ -95,6 +100,26 @@ def llama_ppl(binary: str, gguf: str, path: Path, ctx: int, threads: int) -> tup
     return float(found.group(1)), int(chunks.group(1)) * (ctx - 1 - ctx // 2)
 
 
+def llama_kld(binary: str, f32: str, gguf: str, path: Path, ctx: int, threads: int) -> tuple[float, float, int]:
+    """(ppl ratio, same top token %, scored tokens) of llama.cpp on `gguf` against its own F32."""
+    import tempfile
+
+    common = ["-f", str(path), "-c", str(ctx), "-b", str(ctx), "-t", str(threads or 2), "--no-warmup"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = str(Path(tmp) / "base.kld")
+        first = subprocess.run([binary, "-m", f32, *common, "--kl-divergence-base", base], capture_output=True,
+                               text=True, check=False)
+        run = subprocess.run([binary, "-m", gguf, *common, "--kl-divergence-base", base, "--kl-divergence"],
+                             capture_output=True, text=True, check=False)
+    out = run.stdout + run.stderr
+    ratio = re.search(r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*([0-9.]+)", out)
+    same = re.search(r"Same top p:\s*([0-9.]+)", out)
+    chunks = re.search(r"calculating perplexity over (\d+) chunks", first.stdout + first.stderr)
+    if first.returncode or run.returncode or not ratio or not same or not chunks:
+        sys.exit(f"llama-perplexity --kl-divergence failed on {path.name}:\n{out[-2000:]}")
+    return float(ratio.group(1)), float(same.group(1)), int(chunks.group(1)) * (ctx - 1 - ctx // 2)
+
+
 def report(fig: Figures, ref: Figures | None, llama: dict[str, float]) -> dict[str, float]:
     print(f"\n{fig.name}  ({fig.weights}, weights {fig.size_mb:.1f} MB)")
     head = f"{'text':6} {'tokens':>7} {'ppl':>9}"
@@ -114,7 +139,10 @@ def report(fig: Figures, ref: Figures | None, llama: dict[str, float]) -> dict[s
         agree = [agreement(a, b) for a, b in zip(fig.greedy, ref.greedy, strict=True)]
         print(f"greedy agreement with {ref.name} ({len(agree)} prompts x {len(fig.greedy[0])} tokens): "
               f"median {statistics.median(agree):g}, min {min(agree)}, all {agree}")
-        out |= {"ppl_ratio": fig.ppl() / ref.ppl(), "agreement_median": statistics.median(agree)}
+        same = np.concatenate([fig.top[t] == ref.top[t] for t in fig.top]).mean()
+        print(f"same top token as {ref.name} at the scored positions (teacher-forced): {100 * same:.2f} %")
+        out |= {"ppl_ratio": fig.ppl() / ref.ppl(), "agreement_median": statistics.median(agree),
+                "same_top_pct": 100 * float(same)}
     return out
 
 
@@ -128,6 +156,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--llama-perplexity", help="llama.cpp's llama-perplexity binary")
     ap.add_argument("--gguf", help="the GGUF llama-perplexity scores")
+    ap.add_argument("--llama-f32", help="the same GGUF as F32: llama.cpp's own fidelity as a yardstick")
     args = ap.parse_args()
     configure_logging("warning", "console")
     paths = {t: args.data / f"{t}.txt" for t in TEXTS}
@@ -142,6 +171,17 @@ def main() -> int:
                                             args.threads)
         total = sum(counts.values())
         llama["all"] = math.exp(sum(counts[t] * math.log(llama[t]) for t in texts) / total)
+    yardstick = ""
+    if llama and args.llama_f32:
+        kld = {t: llama_kld(args.llama_perplexity, args.llama_f32, args.gguf, args.data / f"{t}.txt", args.ctx,
+                            args.threads) for t in texts}
+        print("llama.cpp on the GGUF against its own F32 (--kl-divergence):")
+        for t, (ratio, same, _) in kld.items():
+            print(f"  {t:6} ppl ratio {ratio:.4f}  same top token {same:.2f} %")
+        n = sum(k[2] for k in kld.values())
+        ratio = math.exp(sum(k[2] * math.log(k[0]) for k in kld.values()) / n)
+        same = sum(k[2] * k[1] for k in kld.values()) / n
+        yardstick = f"llama_cpp_vs_own_f32 ppl_ratio={ratio:.4f} same_top_pct={same:.2f}"
 
     ref = measure(args.reference, texts, prompts, args) if args.reference else None
     lines = []
@@ -152,6 +192,8 @@ def main() -> int:
         figures = report(fig, ref, llama)
         lines.append(f"variant={fig.name} " + " ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+    if yardstick:
+        lines.insert(0, yardstick)
     if llama:
         lines.insert(0, f"llama_cpp_ppl={llama['all']:.4f}")
     print()

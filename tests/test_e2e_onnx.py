@@ -196,6 +196,9 @@ def test_edged_run_translates_with_the_default_model(default_model: Path, daemon
     assert rows["translate/fr/binary.txt"][:2] == ("failed", "binary content (NUL bytes): not a text file")
     decoded = {e["file"]: e for e in d.events() if e.get("event") == "job_done"}
     assert decoded["translate/en/latin1.txt"]["encoding"] == "cp1252"
+    # English into French on the base model: the few-shot prompt, and a translation, not an echo.
+    assert decoded["translate/fr/hello.txt"]["prompt"] == "few-shot"
+    assert "Good morning" not in rows["translate/fr/hello.txt"][2]
     assert decoded["translate/en/latin1.txt"]["chars"] == len(FRENCH)
     assert decoded["translate/en/utf16.txt"]["encoding"] == "utf-16-le"
     assert decoded["translate/en/utf16.txt"]["chars"] == len(GERMAN) and GERMAN.endswith("\r\n")

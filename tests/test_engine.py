@@ -171,3 +171,21 @@ def test_stop_strings_cut_the_text_but_not_before_the_answer_begins(engine: Onnx
     lead = engine.tokenizer.encode("\n\n")
     assert not check(lead)  # blank lines first: the answer has not begun
     assert check(ids)
+
+
+def test_scoring_is_teacher_forced_and_its_top_tokens_are_the_greedy_ones(engine: OnnxEngine) -> None:
+    gen = engine.generator
+    prompt = [2, 17, 99, 4, 250]
+    fixed = GenParams(max_new_tokens=12, stop_on_eos=False, repetition_guard=False)
+    (out,), _ = gen.run([prompt], [fixed])
+    row = [*prompt, *out.tokens]
+    other = [2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20][:len(row)]
+    scored = gen.score([row, other], len(prompt) - 1)
+    assert scored.logprobs.shape == scored.top.shape == (2, len(out.tokens))
+    # Greedy wrote each next token as the top one: scoring the same text must find it so.
+    assert scored.top[0].tolist() == out.tokens
+    assert np.all(scored.logprobs < 0) and np.all(np.isfinite(scored.logprobs))
+    alone = gen.score([other], len(prompt) - 1)  # a row's scores do not depend on its batch
+    assert np.allclose(alone.logprobs[0], scored.logprobs[1], atol=1e-4)
+    with pytest.raises(RequestError):
+        gen.score([row], len(row) - 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -41,6 +41,11 @@ class SeqOut:
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     finish_reason: FinishReason = "length"
+
+
+class Scored(NamedTuple):
+    logprobs: np.ndarray  # float64 [rows, positions]: log p(actual next token)
+    top: np.ndarray  # int64 [rows, positions]: the model's own most likely next token
 
 
 def repeating(tokens: Sequence[int], max_period: int = 32, min_span: int = 48, min_reps: int = 4) -> bool:
@@ -200,10 +205,11 @@ class Generator:
         timing.decode_ms = (time.perf_counter() - t0) * 1000
         return outs, timing
 
-    def score(self, rows: Sequence[Sequence[int]], first: int) -> np.ndarray:
+    def score(self, rows: Sequence[Sequence[int]], first: int) -> Scored:
         """Log-probabilities of each token after position `first` given all before it, for rows of
-        one length: [rows, length - 1 - first]. As llama-perplexity scores a window (its second half),
-        but one position per step, because the decoder returns the last position's logits only."""
+        one length ([rows, length - 1 - first]), and the model's own top token at each of those
+        positions. As llama-perplexity scores a window (its second half), but one position per
+        step, because the decoder returns the last position's logits only."""
         ids = np.asarray(rows, dtype=np.int64)
         n, length = ids.shape
         if not 0 <= first < length - 1:
@@ -214,13 +220,15 @@ class Generator:
         pos = np.arange(first + 1, dtype=np.int64)[None].repeat(n, 0) + self.pos_base
         logits, past = self._step(self._embed(ids[:, :first + 1]), mask, pos, past)
         scores = np.empty((n, length - 1 - first), dtype=np.float64)
+        best = np.empty((n, length - 1 - first), dtype=np.int64)
         for j in range(first, length - 1):
             z = logits.astype(np.float64)
             top = z.max(axis=1, keepdims=True)
             lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
             scores[:, j - first] = z[np.arange(n), ids[:, j + 1]] - lse
+            best[:, j - first] = z.argmax(axis=1)
             if j + 1 < length - 1:
                 mask = np.ones((n, j + 2), dtype=np.int64)
                 logits, past = self._step(self._embed(ids[:, j + 1:j + 2]), mask,
                                           np.full((n, 1), j + 1 + self.pos_base, dtype=np.int64), past)
-        return scores
+        return Scored(scores, best)
