@@ -105,7 +105,8 @@ def cmd_model(args: argparse.Namespace) -> ExitCode:
         return model.export(args.source, Path(args.out), {
             "weights": args.weights, "algorithm": args.algorithm, "block_size": args.block_size,
             "symmetric": args.symmetric, "int8_layers": _patterns(args.int8),
-            "lm_head_bits": args.lm_head_bits, "name": args.name, "chat": args.chat,
+            "lm_head_bits": args.lm_head_bits, "accuracy_level": args.accuracy_level, "name": args.name,
+            "chat": args.chat,
             "context_length": args.context_length, "verify": not args.no_verify})
     if args.model_verb == "build-default":
         out = Path(args.out) if args.out else _settings(args).model_dir
@@ -138,6 +139,9 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
                    help="MatMul nodes kept at 8 bits: fnmatch on the node name, e.g. '*/v_proj/*'; "
                         "'none' for no layer; repeatable")
     q.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="output layer and embedding table")
+    e.add_argument("--accuracy-level", type=int, choices=[1, 4],
+                   help="4 (default): int8 activations, ONNX Runtime's fast kernels (as llama.cpp computes); "
+                        "1: fp32 activations, exactly the weights' own arithmetic, several times slower on CPU")
     e.add_argument("--name", help="model name recorded with jobs (default: from the source)")
     chat = e.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="instruction-tuned: chat format")

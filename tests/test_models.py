@@ -97,3 +97,14 @@ def test_default_recipe_matches_the_code() -> None:
     assert recipe["name"] == default.NAME
     assert recipe["export"] == default.EXPORT
     assert recipe["source"]["package"] == default.PACKAGE and recipe["source"]["file"] == default.GGUF_FILE
+
+
+def test_export_cli_takes_the_recipe_from_its_flags(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert main(["model", "export", "--from", TINY, "--out", str(out), "--weights", "int4", "--algorithm", "rtn",
+                 "--block-size", "16", "--symmetric", "--int8", "*/v_proj/*", "--int8", "*/k_proj/*",
+                 "--accuracy-level", "1", "--no-verify"]) == 0
+    q = Manifest.load(out).quantization
+    assert (q["algorithm"], q["block"], q["symmetric"], q["accuracy_level"]) == ("rtn", 16, True, 1)
+    assert q["int8"] == ["*/v_proj/*", "*/k_proj/*"] and q["types"]["int4 rtn sym b16"] > 0
+    assert main(["model", "export", "--from", TINY, "--out", str(tmp_path / "g"), "--weights", "gguf"]) != 0
