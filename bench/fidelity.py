@@ -15,7 +15,9 @@ With --llama-perplexity (built from llama-cpp-python's sdist, see the README) an
 same texts are scored by llama.cpp on the GGUF, beside ours. With --llama-f32 too (the same
 GGUF made F32 by `llama-quantize --allow-requantize X.gguf X-f32.gguf F32`), llama.cpp's own
 fidelity to its F32 on the same texts (`--kl-divergence`: ppl ratio, same top token), the
-yardstick for ours against the fp32 export.
+yardstick for ours against the fp32 export. With --llama-completion as well (target
+`llama-completion` of the same build), llama.cpp's greedy agreement between the GGUF and its
+F32 over the same prompts (outputs compared as Gemma tokens).
 
 One table per model, then one key=value line per model; the last line is the last model's.
 """
@@ -120,6 +122,29 @@ def llama_kld(binary: str, f32: str, gguf: str, path: Path, ctx: int, threads: i
     return float(ratio.group(1)), float(same.group(1)), int(chunks.group(1)) * (ctx - 1 - ctx // 2)
 
 
+def llama_greedy(binary: str, model: str, prompts: list[str], steps: int, threads: int) -> list[str]:
+    outs = []
+    for prompt in prompts:
+        run = subprocess.run([binary, "-m", model, "-p", prompt, "-n", str(steps), "--temp", "0", "--ignore-eos",
+                              "-t", str(threads or 2), "--no-warmup", "-no-cnv", "--no-display-prompt", "-c", "512"],
+                             capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            sys.exit(f"llama-completion failed:\n{run.stderr[-2000:]}")
+        outs.append(run.stdout)
+    return outs
+
+
+def llama_agreement(args: argparse.Namespace, prompts: list[str]) -> list[int]:
+    """llama.cpp's own greedy agreement, GGUF against its F32, in Gemma tokens."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(args.reference / "tokenizer.json"))
+    f32 = llama_greedy(args.llama_completion, args.llama_f32, prompts, args.steps, args.threads)
+    quant = llama_greedy(args.llama_completion, args.gguf, prompts, args.steps, args.threads)
+    ids = [[tok.encode(t, add_special_tokens=False).ids for t in pair] for pair in zip(f32, quant, strict=True)]
+    return [min(agreement(a, b), args.steps) for a, b in ids]
+
+
 def report(fig: Figures, ref: Figures | None, llama: dict[str, float]) -> dict[str, float]:
     print(f"\n{fig.name}  ({fig.weights}, weights {fig.size_mb:.1f} MB)")
     head = f"{'text':6} {'tokens':>7} {'ppl':>9}"
@@ -157,6 +182,7 @@ def main() -> int:
     ap.add_argument("--llama-perplexity", help="llama.cpp's llama-perplexity binary")
     ap.add_argument("--gguf", help="the GGUF llama-perplexity scores")
     ap.add_argument("--llama-f32", help="the same GGUF as F32: llama.cpp's own fidelity as a yardstick")
+    ap.add_argument("--llama-completion", help="llama.cpp's llama-completion: its own greedy agreement too")
     args = ap.parse_args()
     configure_logging("warning", "console")
     paths = {t: args.data / f"{t}.txt" for t in TEXTS}
@@ -182,6 +208,11 @@ def main() -> int:
         ratio = math.exp(sum(k[2] * math.log(k[0]) for k in kld.values()) / n)
         same = sum(k[2] * k[1] for k in kld.values()) / n
         yardstick = f"llama_cpp_vs_own_f32 ppl_ratio={ratio:.4f} same_top_pct={same:.2f}"
+        if args.llama_completion and args.reference:
+            agree = llama_agreement(args, prompts)
+            print(f"  greedy agreement ({len(agree)} prompts x {args.steps} tokens): "
+                  f"median {statistics.median(agree):g}, all {agree}")
+            yardstick += f" agreement_median={statistics.median(agree):g}"
 
     ref = measure(args.reference, texts, prompts, args) if args.reference else None
     lines = []
