@@ -16,7 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-from edged.engine.generate import GenParams
+import numpy as np
+
+from edged.engine.generate import GenParams, _choose
 from edged.engine.onnx import OnnxEngine
 from edged.engine.session import SessionSettings
 from edged.logs import configure_logging
@@ -28,6 +30,19 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def sampling_ms(vocab: int, repeats: int = 50) -> float:
+    """Host time to sample one token with top_p from a model-sized row of logits."""
+    rng = np.random.default_rng(0)
+    # Spread so that the nucleus holds a few hundred tokens (298 for 262,144 logits): an
+    # uncertain step of a language model. A full sort of the row took 7-11 ms here.
+    logits = (rng.normal(size=vocab) * 4).astype(np.float32)
+    p = GenParams(temperature=0.8, top_p=0.95)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        _choose(logits, p, rng)
+    return (time.perf_counter() - t0) * 1000 / repeats
 
 
 def main() -> int:
@@ -87,9 +102,12 @@ def main() -> int:
     b8 = decode_rate(8)
     print(f"decode batch 8: {b8:.1f} tok/s aggregate ({b8 / b1:.2f}x batch 1)")
     print(f"peak RSS {rss_mb():.0f} MB")
+    sample_ms = sampling_ms(engine.manifest.text.vocab_size)
+    print(f"choosing one token with temperature 0.8, top_p 0.95 over {engine.manifest.text.vocab_size} logits: "
+          f"{sample_ms:.2f} ms per row")
     print(f"model={engine.name} weights={engine.manifest.weights} provider={engine.provider} load_s={load_s:.2f} "
           f"rss_mb={rss:.0f} prefill_tok_s={prefill_tok_s:.0f} decode_tok_s_b1={b1:.1f} decode_tok_s_b8={b8:.1f} "
-          f"b8_over_b1={b8 / b1:.2f}")
+          f"b8_over_b1={b8 / b1:.2f} sample_top_p_ms={sample_ms:.2f}")
     return 0
 
 

@@ -189,3 +189,34 @@ def test_scoring_is_teacher_forced_and_its_top_tokens_are_the_greedy_ones(engine
     assert np.allclose(alone.logprobs[0], scored.logprobs[1], atol=1e-4)
     with pytest.raises(RequestError):
         gen.score([row], len(row) - 1)
+
+
+def _full_sort_nucleus(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> set[int]:
+    """The set the sampler may draw from, computed the plain way: every logit sorted."""
+    x = logits.astype(np.float64) / temperature
+    if top_k:
+        x = np.where(x < np.sort(x)[-top_k], -np.inf, x)
+    probs = np.exp(x - x.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    keep = np.cumsum(probs[order]) - probs[order] < top_p
+    return set(order[keep].tolist())
+
+
+def test_nucleus_sampling_draws_from_what_a_full_sort_keeps() -> None:
+    from edged.engine.generate import _choose, _nucleus
+
+    rng = np.random.default_rng(0)
+    for scale in (0.5, 3.0, 12.0):  # flat to peaked: the head grows from 64 ids to the whole vocab
+        logits = (rng.normal(size=262144) * scale).astype(np.float32)
+        for top_k, top_p in ((0, 0.5), (0, 0.95), (40, 0.9), (0, 0.999)):
+            p = GenParams(temperature=0.8, top_k=top_k, top_p=top_p)
+            pool = np.argpartition(logits / 0.8, -top_k)[-top_k:] if top_k else np.arange(logits.size)
+            want = _full_sort_nucleus(logits, 0.8, top_k, top_p)
+            assert set(_nucleus(logits.astype(np.float32) / np.float32(0.8), pool, top_p).tolist()) == want
+            draws = {_choose(logits, p, rng) for _ in range(50)}
+            assert draws <= want
+    small = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    counts = np.bincount([_choose(small, GenParams(temperature=1.0, top_p=0.9), rng) for _ in range(20000)],
+                         minlength=4) / 20000
+    assert np.allclose(counts, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], atol=0.015)

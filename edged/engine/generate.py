@@ -63,23 +63,36 @@ def repeating(tokens: Sequence[int], max_period: int = 32, min_span: int = 48, m
     return False
 
 
+def _nucleus(x: np.ndarray, pool: np.ndarray, top_p: float) -> np.ndarray:
+    """The ids of `pool` in the smallest most-likely set whose probability reaches top_p.
+
+    Sorts only the head of the distribution (grown until it holds top_p), not all 262k logits:
+    a full sort per row per step cost 10.7 ms on a 2-core box."""
+    z = x[pool]
+    m = z.max()
+    total = np.exp(z - m, dtype=np.float64).sum()
+    k = min(64, pool.size)
+    while True:
+        head = np.argpartition(z, -k)[-k:] if k < pool.size else np.arange(pool.size)
+        order = head[np.argsort(-z[head], kind="stable")]
+        probs = np.exp(z[order] - m, dtype=np.float64) / total
+        cum = np.cumsum(probs)
+        if cum[-1] >= top_p or k >= pool.size:
+            return pool[order[(cum - probs) < top_p]]
+        k = min(k * 4, pool.size)
+
+
 def _choose(logits: np.ndarray, p: GenParams, rng: Optional[np.random.Generator]) -> int:
     if p.temperature <= 0 or rng is None:
         return int(np.argmax(logits))
-    x = logits.astype(np.float64) / p.temperature
-    if p.top_k:
-        kth = np.partition(x, -p.top_k)[-p.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    x = np.exp(x - x.max())
-    probs = x / x.sum()
+    x = logits.astype(np.float32) / np.float32(p.temperature)
+    pool = np.arange(x.size)
+    if p.top_k and p.top_k < x.size:
+        pool = np.argpartition(x, -p.top_k)[-p.top_k:]
     if p.top_p < 1.0:
-        order = np.argsort(-probs)
-        keep = np.cumsum(probs[order]) - probs[order] < p.top_p
-        mask = np.zeros_like(probs, dtype=bool)
-        mask[order[keep]] = True
-        probs = np.where(mask, probs, 0.0)
-        probs /= probs.sum()
-    return int(rng.choice(len(probs), p=probs))
+        pool = _nucleus(x, pool, p.top_p)
+    w = np.exp(x[pool] - x[pool].max(), dtype=np.float64)
+    return int(pool[rng.choice(pool.size, p=w / w.sum())])
 
 
 class Generator:
