@@ -9,6 +9,7 @@ into, so the tied embedding/output layer is stored once.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Protocol
@@ -179,7 +180,9 @@ class _Rewriter:
     def _externalize_large(self, graph: onnx.GraphProto) -> None:
         for i, t in enumerate(graph.initializer):
             if t.data_location != TensorProto.EXTERNAL and len(t.raw_data) > _INLINE_MAX:
-                graph.initializer[i].CopyFrom(self.shared.tensor(t.name, numpy_helper.to_array(t), f"float/{t.name}"))
+                # Keyed by content: two graphs may name different tensors alike.
+                key = "float/" + hashlib.sha1(t.raw_data).hexdigest()
+                graph.initializer[i].CopyFrom(self.shared.tensor(t.name, numpy_helper.to_array(t), key))
 
 
 def rtn8(values: np.ndarray, block: int = 32) -> NBitsForm:
