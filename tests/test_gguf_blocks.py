@@ -105,3 +105,21 @@ def test_the_real_270m_tensors_carry_over_bit_for_bit() -> None:
         want = gguf_dequantize(t.data, t.tensor_type).reshape(n, k)
         assert np.array_equal(_bits(dequantize(form)), _bits(want)), t.name
     assert seen == {"Q8_0", "Q5_0", "Q4_K", "Q6_K"}
+
+
+@pytest.mark.parametrize("kind", ["F32", "F16", "BF16"])
+def test_float_types_are_kept_as_their_exact_values(kind: str) -> None:
+    from edged.models.gguf_blocks import float_weight
+
+    rng = np.random.default_rng(11)
+    n, k = 4, 64
+    values = rng.normal(size=(n, k)).astype(np.float32)
+    if kind == "F32":
+        raw = values.view(np.uint8)
+    elif kind == "F16":
+        raw = values.astype(np.float16).view(np.uint8)
+    else:  # bfloat16: the top half of each float32
+        raw = (values.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    raw = raw.reshape(n, -1)
+    want = gguf_dequantize(raw, getattr(gguf.GGMLQuantizationType, kind)).reshape(n, k)
+    assert np.array_equal(_bits(float_weight(kind, raw, n, k)), _bits(want))
