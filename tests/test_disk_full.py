@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,14 +76,19 @@ def _all_done(d: DaemonProcess, n: int) -> bool:
             and d.query("SELECT COUNT(*) FROM files WHERE state = 'done'")[0][0] == n)
 
 
-def test_a_full_state_folder_pauses_everything_and_loses_nothing(daemon_factory, tmpfs) -> None:
-    state = tmpfs(1024)
-    d: DaemonProcess = daemon_factory(state_dir=str(state / "state"), spool={"min_free_mb": 0},
-                                      model={"batch_size": 2, "options": {"delay_s": 0.3}},
+def _working(daemon_factory, files: int, **places: Any) -> DaemonProcess:
+    """A daemon with a slow model, started on `files` inputs and past its first results."""
+    d: DaemonProcess = daemon_factory(**places, model={"batch_size": 2, "options": {"delay_s": 0.3}},
                                       queue={"recover_seconds": 1})
-    _drop(d, range(10), "a")
+    _drop(d, range(files), "a")
     d.start()
     d.wait_until(lambda: d.query("SELECT COUNT(*) FROM results")[0][0] >= 2, what="some work done")
+    return d
+
+
+def test_a_full_state_folder_pauses_everything_and_loses_nothing(daemon_factory, tmpfs) -> None:
+    state = tmpfs(1024)
+    d = _working(daemon_factory, 10, state_dir=str(state / "state"), spool={"min_free_mb": 0})
     filler = _fill(state)
     _drop(d, range(10), "b")
     d.wait_until(lambda: _events(d, "store_unavailable") + _events(d, "intake_paused") >= 1, timeout=30,
@@ -106,12 +112,7 @@ def test_a_full_state_folder_pauses_everything_and_loses_nothing(daemon_factory,
 
 def test_a_full_spool_pauses_intake_and_settles_later(daemon_factory, tmpfs) -> None:
     spool = tmpfs(2048)
-    d: DaemonProcess = daemon_factory(spool_dir=str(spool / "spool"), spool={"min_free_mb": 1},
-                                      model={"batch_size": 2, "options": {"delay_s": 0.3}},
-                                      queue={"recover_seconds": 1})
-    _drop(d, range(12), "a")
-    d.start()
-    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM results")[0][0] >= 2, what="some work done")
+    d = _working(daemon_factory, 12, spool_dir=str(spool / "spool"), spool={"min_free_mb": 1})
     filler = _fill(spool / "spool")
     d.wait_until(lambda: _events(d, "intake_paused") >= 1, timeout=30, what="intake paused")
     d.wait_until(lambda: d.query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0] == 0,
