@@ -1,9 +1,10 @@
 """Test users: the daemon as its own user, producers as others (tests only; needs root).
 
-The test interpreter may live under /root (pyenv), which other users cannot enter. Rather
-than change the machine, a process run as another user gets a private mount namespace in
-which /root is a world-readable tmpfs holding bind mounts of just what the interpreter and
-the checkout need. Nothing outside that process sees a difference.
+The test interpreter may live under /root (pyenv), and the checkout under a folder of
+`mktemp -d` (0700): other users cannot enter either. Rather than change the machine, a process
+run as another user gets a private mount namespace in which each such folder is a
+world-readable tmpfs holding bind mounts of just what the interpreter and the checkout need.
+Nothing outside that process sees a difference.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ PRODUCER = "edgedtest-producer"
 REPO = Path(__file__).resolve().parent.parent
 
 _WRAP = r"""set -e
-view="$EDGED_TEST_VIEW"
-mount --bind /root "$view"
-mount -t tmpfs -o mode=0755 tmpfs /root
-for entry in $EDGED_TEST_ENTRIES; do mkdir -p "/root/$entry"; mount --bind "$view/$entry" "/root/$entry"; done
+i=0
+for spec in $EDGED_TEST_HIDDEN; do
+    dir="${spec%%=*}"; view="$EDGED_TEST_VIEW/$i"; i=$((i + 1))
+    mkdir -p "$view"
+    mount --bind "$dir" "$view"
+    mount -t tmpfs -o mode=0755 tmpfs "$dir"
+    for entry in $(echo "${spec#*=}" | tr , ' '); do
+        if [ -d "$view/$entry" ]; then mkdir -p "$dir/$entry"; else touch "$dir/$entry"; fi
+        mount --bind "$view/$entry" "$dir/$entry"
+    done
+done
 exec setpriv --reuid="$EDGED_TEST_USER" --regid="$EDGED_TEST_GID" --init-groups --inh-caps=-all \
     sh -c 'umask "$0"; exec "$@"' "$EDGED_TEST_UMASK" "$@"
 """
@@ -63,19 +71,23 @@ def gid(group: str = GROUP) -> int:
     return grp.getgrnam(group).gr_gid
 
 
-def _root_entries() -> list[str]:
-    """Top-level entries of /root that the interpreter and the checkout live in."""
-    entries = set()
+def _hidden() -> list[str]:
+    """`folder=entry,entry` for each folder other users cannot enter on the way to the
+    interpreter or the checkout, outermost first, with the entries on the way through it."""
+    through: dict[str, set[str]] = {}
     for p in (sys.base_prefix, sys.prefix, os.path.realpath(sys.executable), str(REPO)):
-        real = os.path.realpath(p)
-        if real.startswith("/root/"):
-            entries.add(real[len("/root/"):].split("/", 1)[0])
-    return sorted(entries)
+        parts = Path(os.path.realpath(p)).parts
+        for depth in range(1, len(parts) - 1):
+            folder = os.path.join(*parts[:depth + 1])
+            if not os.stat(folder).st_mode & 0o001:
+                through.setdefault(folder, set()).add(parts[depth + 1])
+    return [f"{folder}={','.join(sorted(entries))}" for folder, entries in
+            sorted(through.items(), key=lambda kv: kv[0].count(os.sep))]
 
 
 def as_user(user: str, argv: Sequence[str], umask: int, view: Path) -> list[str]:
     """A command line that runs `argv` as `user` with `umask`, able to reach the interpreter."""
-    env_prefix = ["env", f"EDGED_TEST_VIEW={view}", f"EDGED_TEST_ENTRIES={' '.join(_root_entries())}",
+    env_prefix = ["env", f"EDGED_TEST_VIEW={view}", f"EDGED_TEST_HIDDEN={' '.join(_hidden())}",
                   f"EDGED_TEST_USER={user}", f"EDGED_TEST_GID={pwd.getpwnam(user).pw_gid}",
                   f"EDGED_TEST_UMASK={umask:04o}"]
     view.mkdir(parents=True, exist_ok=True)
