@@ -58,6 +58,9 @@ class ModelSettings(_Section):
     engine: str = "onnx"  # "onnx", or "module:callable" for an engine plug-in
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     batch_size: int = live(8, ge=1, le=256)
+    decoder: Literal["auto", "fused", "traced"] = "auto"
+    context: int = Field(0, ge=0)  # positions per KV slot; 0: the model's context
+    prefill_chunk: int = Field(256, ge=16, le=8192)
     max_new_tokens: int = live(256, ge=1, le=32768)
     threads: int = Field(0, ge=0)  # 0: every core this process may use
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"

@@ -63,6 +63,8 @@ class Worker:
         writes (a full disk) pauses it until it can.
         """
         self.tick = tick or (lambda: None)
+        if hasattr(self.engine, "heartbeat"):
+            self.engine.heartbeat = self.tick  # a long continuous-batching call keeps the watchdog fed
         stop, wake = self.control.stop, self.control.wake
         try:
             while not stop.is_set():
@@ -252,8 +254,9 @@ class Worker:
         return _Item(job, files, prepared, (time.perf_counter() - t0) * 1000)
 
     def _generate(self, requests: Sequence[Request], report: BatchReport) -> list[Union[Generation, Exception]]:
-        """All prompts of the batch, `batch_size` at a time (a long text is many prompts)."""
-        size = self.settings.model.batch_size
+        """All prompts of the batch, `batch_size` at a time (a long text is many prompts); an engine
+        that batches continuously takes them all at once and keeps its slots full."""
+        size = len(requests) if getattr(self.engine, "continuous", False) else self.settings.model.batch_size
         out: list[Union[Generation, Exception]] = []
         for start in range(0, len(requests), size):
             if start:

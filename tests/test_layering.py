@@ -17,7 +17,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "edged.engine": ("edged.tasks", "edged.store", "edged.spool", "edged.worker", "edged.daemon", "edged.intake",
                      "edged.settle", "edged.cli", "edged.commands", "edged.wiring", "edged.models.export",
                      "edged.models.graphs", "edged.models.quantize", "edged.models.verify", "edged.models.default",
-                     "edged.models.importer", "edged.models.gguf", "edged.models.parity"),
+                     "edged.models.importer", "edged.models.gguf", "edged.models.parity", "edged.models.fused"),
     "edged.store": ("edged.tasks", "edged.engine", "edged.spool", "edged.models", "edged.worker", "edged.daemon",
                     "edged.intake", "edged.settle", "edged.cli", "edged.commands", "edged.wiring"),
     "edged.models": ("edged.engine", "edged.store", "edged.spool", "edged.tasks", "edged.worker", "edged.daemon",

@@ -27,13 +27,16 @@ def tiny() -> Path:
 
 def test_manifest_records_shapes_tokens_checksums_and_kv_cost(tiny: Path) -> None:
     m = Manifest.load(tiny)
-    assert m.graphs == {"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx", "vision": None}
-    assert set(m.files) == {"embed_tokens.onnx", "decoder_model_merged.onnx", "tokenizer.json"}
+    assert m.graphs == {"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx", "vision": None,
+                        "decoder_fused": "decoder_fused.onnx"}
+    assert set(m.files) == {"embed_tokens.onnx", "decoder_model_merged.onnx", "decoder_fused.onnx", "tokenizer.json"}
     assert m.text.sliding_window == 8 and m.text.layer_types.count("full_attention") == 1
     assert m.tokens.start_of_turn == 260 and m.tokens.end_of_turn == 261 and 261 in m.tokens.eos
-    assert m.kv_bytes_per_token == 2 * 6 * 2 * 16 * 4
+    # Fused layout: the one global layer grows per token; the five sliding ones hold 8 + 63 positions.
+    assert m.kv_bytes_per_token == 1 * 2 * 2 * 16 * 4
+    assert m.kv_window_bytes == 5 * 2 * 2 * 16 * 4 * (8 + 63)
     data = json.loads((tiny / "edged-model.json").read_text())
-    assert data["kv_cache"]["bytes_at_context_length"] == m.kv_bytes_per_token * 512
+    assert data["kv_cache"]["bytes_at_context_length"] == m.kv_bytes_per_token * 512 + m.kv_window_bytes
     assert m.check_files(tiny) == []
 
 

@@ -107,8 +107,10 @@ def print_info(m: Manifest, folder: Path) -> None:
     print(f"shape          {t.num_layers} layers ({local} sliding-window of {t.sliding_window}, "
           f"{t.num_layers - local} global), hidden {t.hidden_size}, {t.num_attention_heads} heads / "
           f"{t.num_kv_heads} KV heads of {t.head_dim}, vocab {t.vocab_size}")
-    print(f"context        {t.context_length} tokens; KV cache {m.kv_bytes_per_token:,} bytes/token, "
-          f"{_mib(m.kv_bytes())} per sequence at full context")
+    window = f" + {_mib(m.kv_window_bytes)} for the sliding layers' windows" if m.kv_window_bytes else ""
+    print(f"context        {t.context_length} tokens; KV cache {m.kv_bytes_per_token:,} bytes/token{window}, "
+          f"{_mib(m.kv_bytes())} per sequence at full context "
+          f"({'fused decoder' if m.fused else 'traced decoder: every layer keeps the whole context'})")
     print(f"vision         {'yes' if m.vision else 'no'}")
     files = ", ".join(f"{name} ({_mib(meta['bytes'])})" for name, meta in m.files.items())
     print(f"files          {files}")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +16,7 @@ from edged.engine.api import BatchTiming, Generation, ModelInfo, ModelUnavailabl
 from edged.engine.generate import Generator, GenParams
 from edged.engine.images import batch_pixels, pan_and_scan
 from edged.engine.session import SessionSettings, choose_provider, open_session
+from edged.engine.slots import SlotGenerator
 from edged.engine.tokenizer import GemmaTokenizer
 from edged.logs import get_logger
 from edged.models.manifest import Manifest, ManifestError
@@ -22,8 +24,17 @@ from edged.models.manifest import Manifest, ManifestError
 log = get_logger("edged.engine")
 
 
+@dataclass(frozen=True)
+class DecodeSettings:
+    decoder: str = "auto"  # auto: the fused decoder where the model has one; traced: the exported graph
+    slots: int = 8  # sequences decoded together (KV slots, preallocated)
+    context: int = 0  # positions each slot holds; 0: the model's context
+    prefill_chunk: int = 256  # a long prompt is prefilled this many tokens at a time, between decode steps
+
+
 class OnnxEngine:
-    def __init__(self, model_dir: Path, session: SessionSettings, defaults: Optional[GenParams] = None) -> None:
+    def __init__(self, model_dir: Path, session: SessionSettings, defaults: Optional[GenParams] = None,
+                 decode: Optional[DecodeSettings] = None) -> None:
         t0 = time.perf_counter()
         try:
             self.manifest = Manifest.load(model_dir)
@@ -35,21 +46,47 @@ class OnnxEngine:
             missing.append("tokenizer.json")
         if missing:
             raise ModelUnavailable(f"{model_dir}: missing {', '.join(missing)}")
+        decode = decode or DecodeSettings()
+        fused = m.graphs.get("decoder_fused") if decode.decoder != "traced" and not m.graphs.get("vision") else None
         want, why = choose_provider(session)
         self.embed, got = open_session(model_dir / m.graph("embed"), session, want)
-        self.decoder, got = open_session(model_dir / m.graph("decoder"), session, got)
+        self.decoder, got = open_session(model_dir / (fused or m.graph("decoder")), session, got)
         self.vision: Optional[ort.InferenceSession] = None
         if m.graphs.get("vision"):
             self.vision, got = open_session(model_dir / m.graph("vision"), session, got)
         self.name = m.name
         self.provider = got
         self.tokenizer = GemmaTokenizer(model_dir / "tokenizer.json", m.tokens)
-        self.generator = Generator(self.embed, self.decoder, m, device=got)
+        self.generator: Union[Generator, SlotGenerator]
+        if decode.decoder == "fused" and not fused:
+            raise ModelUnavailable(f"{model_dir}: model.decoder is fused, but {m.name} has no fused decoder"
+                                   " (vision models and imported releases have none; re-export a text model"
+                                   " with this edged, or set model.decoder: auto)")
+        # With slots, one call takes any number of prompts and keeps the slots full (continuous batching).
+        self.continuous = bool(fused)
+        if fused:
+            self.generator = SlotGenerator(self.embed, self.decoder, m, device=got, slots=decode.slots,
+                                           context=decode.context or None, chunk=decode.prefill_chunk)
+        else:
+            self.generator = Generator(self.embed, self.decoder, m, device=got)
         self.defaults = defaults or GenParams()
         self.last_timing = BatchTiming()
         self.load_s = time.perf_counter() - t0
+        kv = self.generator.kv_bytes() if isinstance(self.generator, SlotGenerator) else None
         log.info("model_loaded", model=m.name, weights=m.weights, provider=got, reason=why,
-                 load_s=round(self.load_s, 2), context=m.text.context_length, chat=m.instruction_tuned)
+                 load_s=round(self.load_s, 2), context=m.text.context_length, chat=m.instruction_tuned,
+                 decoder="fused" if fused else "traced", slots=decode.slots if fused else None,
+                 kv_reserved_mb=round(kv / 2**20) if kv else None)
+
+    @property
+    def heartbeat(self) -> Callable[[], None]:
+        return getattr(self.generator, "heartbeat", lambda: None)
+
+    @heartbeat.setter
+    def heartbeat(self, beat: Callable[[], None]) -> None:
+        """Called about once a second during a long continuous-batching call."""
+        if isinstance(self.generator, SlotGenerator):
+            self.generator.heartbeat = beat
 
     def info(self) -> ModelInfo:
         return ModelInfo(name=self.name, context_length=self.manifest.text.context_length,
@@ -130,4 +167,6 @@ def load(settings: ModelSettings, model_dir: Path) -> OnnxEngine:
                               optimization=settings.graph_optimization)
     defaults = GenParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                          top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed)
-    return OnnxEngine(model_dir, session, defaults)
+    decode = DecodeSettings(decoder=settings.decoder, slots=settings.batch_size, context=settings.context,
+                            prefill_chunk=settings.prefill_chunk)
+    return OnnxEngine(model_dir, session, defaults, decode)

@@ -23,7 +23,7 @@ from edged.models.graphs import IR_VERSION
 
 SHARED = "weights.data"
 MS = "com.microsoft"
-GRAPHS = ("embed_tokens.onnx", "decoder_model_merged.onnx")
+GRAPHS = ("embed_tokens.onnx", "decoder_model_merged.onnx", "decoder_fused.onnx")  # the last when built
 _INLINE_MAX = 1 << 20  # larger float tensors left by a source go to the shared file too (protobuf's 2 GB)
 
 
@@ -203,6 +203,8 @@ def write_graphs(source: FormSource, src: Path, out: Path, accuracy_level: int,
     rw = _Rewriter(source, shared, accuracy_level)
     try:
         for name in GRAPHS:
+            if not (src / name).is_file():
+                continue
             progress(f"writing the weights of {name} in blocks")
             model = onnx.load(str(src / name), load_external_data=True)
             rw.rewrite(model)

@@ -26,6 +26,7 @@ import torch
 
 from edged.exitcodes import EdgedError, ExitCode
 from edged.models import graphs, parity
+from edged.models.fused import NAME as FUSED
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
 from edged.models.quantize import WEIGHTS, lm_head_nodes, to_fp16
 from edged.models.recipe import ALGORITHMS, DEFAULT_RECIPE, Recipe
@@ -164,7 +165,8 @@ def _quantize(tmp: Path, out: Path, opts: ExportOptions, progress: Progress, loa
         to_fp16(dec_src, dec_out)
         to_fp16(emb_src, emb_out)
     else:
-        for src, dst in ((dec_src, dec_out), (emb_src, emb_out)):
+        fused = [(tmp / FUSED, out / FUSED)] if (tmp / FUSED).is_file() else []
+        for src, dst in ((dec_src, dec_out), (emb_src, emb_out), *fused):
             shutil.copy(src, dst)
             data = src.parent / (src.name + ".data")
             if data.exists():
@@ -229,6 +231,14 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
         progress("exporting decoder_model_merged.onnx")
         graphs.export_decoder(loaded.text_model, loaded.lm_head, tmp / "decoder_model_merged.onnx",
                               vision=vision is not None)
+        if vision is None:
+            # Image prompts need a mask the fused attention cannot take on every provider: vision
+            # models keep the traced decoder alone.
+            from edged.models import fused
+
+            progress(f"building {fused.NAME}")
+            fused.build_decoder(loaded.text_model, loaded.lm_head, tmp / fused.NAME,
+                                opts.context_length or cfg.max_position_embeddings)
         tokens = special_tokens(loaded.tokenizer_json, cfg)
         if vision is not None:
             progress("exporting vision_encoder.onnx (fp32)")
@@ -258,7 +268,8 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
         weights=opts.weights,
         instruction_tuned=loaded.chat if opts.chat is None else opts.chat,
         graphs={"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx",
-                "vision": "vision_encoder.onnx" if vision is not None else None},
+                "vision": "vision_encoder.onnx" if vision is not None else None,
+                "decoder_fused": FUSED if (out / FUSED).is_file() else None},
         vision=vision,
         source=loaded.source,
         quantization=qinfo,

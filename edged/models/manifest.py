@@ -17,6 +17,9 @@ from edged.exitcodes import EdgedError, ExitCode
 
 MANIFEST = "edged-model.json"
 FORMAT = "edged-model/1"
+# The fused decoder's sliding buffers hold window + WINDOW_SLACK - 1 positions: GroupQueryAttention
+# then compacts once every WINDOW_SLACK steps instead of every step.
+WINDOW_SLACK = 64
 
 
 class ManifestError(EdgedError):
@@ -87,21 +90,40 @@ class Manifest:
     # -- derived figures --------------------------------------------------------------
 
     @property
+    def fused(self) -> bool:
+        """The model has the fused decoder (GroupQueryAttention, window-sized sliding buffers)."""
+        return bool(self.graphs.get("decoder_fused"))
+
+    def _kv_item(self) -> int:
+        return 2 * self.text.num_kv_heads * self.text.head_dim * (2 if self.decoder.get("kv_dtype") == "float16" else 4)
+
+    @property
     def kv_bytes_per_token(self) -> int:
-        """KV cache per token of context per sequence (every layer keeps its whole cache)."""
-        itemsize = 2 if self.decoder.get("kv_dtype") == "float16" else 4
+        """KV cache per token of context per sequence: with the fused decoder only the global layers
+        grow with the context; the traced one keeps every layer's whole cache."""
         t = self.text
-        return 2 * t.num_layers * t.num_kv_heads * t.head_dim * itemsize
+        layers = sum(1 for k in t.layer_types if k != "sliding_attention") if self.fused else t.num_layers
+        return layers * self._kv_item()
+
+    @property
+    def kv_window_bytes(self) -> int:
+        """KV cache of the sliding layers per sequence with the fused decoder (0 for the traced one)."""
+        t = self.text
+        sliding = sum(1 for k in t.layer_types if k == "sliding_attention")
+        return sliding * self._kv_item() * (t.sliding_window + WINDOW_SLACK - 1) if self.fused else 0
 
     def kv_bytes(self, context: Optional[int] = None, batch: int = 1) -> int:
-        return self.kv_bytes_per_token * (context or self.text.context_length) * batch
+        return (self.kv_bytes_per_token * (context or self.text.context_length) + self.kv_window_bytes) * batch
 
     # -- files ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["kv_cache"] = {
+            "layout": "fused: global layers per token, sliding layers a window" if self.fused
+            else "traced: every layer keeps the whole context",
             "bytes_per_token": self.kv_bytes_per_token,
+            "bytes_window": self.kv_window_bytes,
             "bytes_at_context_length": self.kv_bytes(),
             "note": "per sequence; a batch of N needs N times this",
         }

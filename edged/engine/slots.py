@@ -1,0 +1,305 @@
+"""Continuous batching over the fused decoder (models/fused.py): KV slots written in place.
+
+The engine keeps `slots` rows of KV cache, preallocated once: global layers hold the context,
+sliding layers a window-sized buffer that GroupQueryAttention evicts itself. A prompt takes a
+free slot and is prefilled into it alone, in chunks of at most `chunk` tokens; every step
+then decodes all running rows together, each at its own length (`seqlens_k`). A row that
+finishes frees its slot at once and the next prompt takes it: nothing waits for the longest
+row, nothing is copied, the cache never crosses to the host.
+
+Step I/O stays put: token ids, embeddings, lengths, logits and the greedy choice live in
+preallocated buffers that one IO binding per batch width points at; the embedding graph
+writes straight into the decoder's input. A greedy row reads one int64; only sampling rows
+look at logits.
+
+Rows are bound as contiguous ranges of the slot buffers (by pointer, so the same code serves
+a device buffer). Free rows inside a range decode a throw-away token at position 0, which is
+harmless: their next prompt starts the slot afresh. A row still being prefilled must not be
+touched (its sliding layout depends on its length), so a decode range never spans one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from edged.engine.api import BatchTiming, RequestError
+from edged.engine.generate import GenParams, Scored, SeqOut, _choose, repeating
+from edged.models.manifest import WINDOW_SLACK, Manifest
+
+
+@dataclass
+class _Row:
+    index: int  # position of the request in the caller's list
+    prompt: Sequence[int]
+    params: GenParams
+    rng: Optional[np.random.Generator]
+    out: SeqOut
+    slot: int = -1
+    length: int = 0  # positions in the cache
+    token: int = -1  # the token to feed at the next decode step
+    prefilled: bool = False
+
+
+@dataclass
+class _Buffers:
+    """The step's host buffers, sized for all slots; a step binds the first n rows."""
+
+    ids: np.ndarray
+    embeds: np.ndarray
+    seqlens: np.ndarray
+    total: np.ndarray
+    logits: np.ndarray
+    next_token: np.ndarray
+    bindings: dict[tuple[int, int], ort.IOBinding] = field(default_factory=dict)
+
+
+class SlotGenerator:
+    def __init__(self, embed: ort.InferenceSession, decoder: ort.InferenceSession, manifest: Manifest,
+                 device: str = "cpu", slots: int = 8, context: Optional[int] = None, chunk: int = 256) -> None:
+        t = manifest.text
+        self.embed, self.decoder, self.m, self.device = embed, decoder, manifest, device
+        self.slots = max(1, slots)
+        self.context = min(context or t.context_length, t.context_length)
+        self.chunk = max(1, chunk)
+        self.eos = set(manifest.tokens.eos)
+        window = t.sliding_window + WINDOW_SLACK - 1
+        self.caps = [window if kind == "sliding_attention" else self.context for kind in t.layer_types]
+        self.kv_shape = (t.num_kv_heads, t.head_dim)
+        self.kv: list[ort.OrtValue] = []  # layer-major: key, value
+        for cap in self.caps:
+            for _ in range(2):
+                self.kv.append(ort.OrtValue.ortvalue_from_shape_and_type(
+                    [self.slots, *self.kv_shape[:1], cap, self.kv_shape[1]], np.float32, device, 0))
+        v, h = t.vocab_size, t.hidden_size
+        self.buf = _Buffers(ids=np.zeros((self.slots, 1), np.int64), embeds=np.zeros((self.slots, 1, h), np.float32),
+                            seqlens=np.zeros(self.slots, np.int32), total=np.zeros((), np.int32),
+                            logits=np.zeros((self.slots, 1, v), np.float32),
+                            next_token=np.zeros((self.slots, 1), np.int64))
+        self.embed_bindings: dict[int, ort.IOBinding] = {}
+        # Called about once a second while a run lasts (the worker feeds the systemd watchdog from it).
+        self.heartbeat: Callable[[], None] = lambda: None
+
+    # -- binding ---------------------------------------------------------------------------
+
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache held for all slots (the whole preallocation)."""
+        kvh, hd = self.kv_shape
+        return sum(2 * self.slots * kvh * cap * hd * 4 for cap in self.caps)
+
+    def _bind_kv(self, b: ort.IOBinding, start: int, n: int) -> None:
+        kvh, hd = self.kv_shape
+        for i, cap in enumerate(self.caps):
+            row = kvh * cap * hd * 4
+            for j, kind in enumerate(("key", "value")):
+                value = self.kv[2 * i + j]
+                ptr = value.data_ptr() + start * row
+                shape = [n, kvh, cap, hd]
+                b.bind_input(f"past_key_values.{i}.{kind}", self.device, 0, np.float32, shape, ptr)
+                b.bind_output(f"present.{i}.{kind}", self.device, 0, np.float32, shape, ptr)
+
+    def _decode_binding(self, start: int, n: int) -> ort.IOBinding:
+        key = (start, n)
+        b = self.buf.bindings.get(key)
+        if b is None:
+            f = self.buf
+            b = self.decoder.io_binding()
+            h = f.embeds.shape[-1]
+            b.bind_input("inputs_embeds", "cpu", 0, np.float32, [n, 1, h], f.embeds[start:].ctypes.data)
+            b.bind_input("seqlens_k", "cpu", 0, np.int32, [n], f.seqlens[start:].ctypes.data)
+            b.bind_input("total_sequence_length", "cpu", 0, np.int32, [], f.total.ctypes.data)
+            b.bind_output("logits", "cpu", 0, np.float32, [n, 1, f.logits.shape[-1]], f.logits[start:].ctypes.data)
+            b.bind_output("next_token", "cpu", 0, np.int64, [n, 1], f.next_token[start:].ctypes.data)
+            self._bind_kv(b, start, n)
+            self.buf.bindings[key] = b
+        return b
+
+    def _embed_into(self, start: int, n: int) -> None:
+        """The embedding graph writes the decode step's inputs_embeds in place."""
+        b = self.embed_bindings.get(start * self.slots + n)
+        if b is None:
+            f = self.buf
+            b = self.embed.io_binding()
+            b.bind_input("input_ids", "cpu", 0, np.int64, [n, 1], f.ids[start:].ctypes.data)
+            b.bind_output("inputs_embeds", "cpu", 0, np.float32, [n, 1, f.embeds.shape[-1]],
+                          f.embeds[start:].ctypes.data)
+            self.embed_bindings[start * self.slots + n] = b
+        self.embed.run_with_iobinding(b)
+
+    # -- one prompt chunk, one decode step ----------------------------------------------------
+
+    def _prefill_chunk(self, row: _Row) -> Optional[tuple[np.ndarray, int]]:
+        """Feed the next chunk of `row`'s prompt; at its end, (last logits, greedy token)."""
+        begin = row.length
+        piece = np.asarray(row.prompt[begin:begin + self.chunk], dtype=np.int64)[None]
+        embeds = self.embed.run(None, {"input_ids": piece})[0].astype(np.float32, copy=False)
+        total = begin + piece.shape[1]
+        b = self.decoder.io_binding()
+        b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds))
+        b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        logits = np.empty((1, 1, self.buf.logits.shape[-1]), np.float32)
+        token = np.empty((1, 1), np.int64)
+        b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        b.bind_output("next_token", "cpu", 0, np.int64, [1, 1], token.ctypes.data)
+        self._bind_kv(b, row.slot, 1)
+        self.decoder.run_with_iobinding(b)
+        row.length = total
+        if total < len(row.prompt):
+            return None
+        row.prefilled = True
+        return logits[0, 0], int(token[0, 0])
+
+    def _ranges(self, rows: list[Optional[_Row]]) -> list[tuple[int, int]]:
+        """Contiguous slot ranges to decode: all decoding rows, never a row mid-prefill."""
+        out: list[tuple[int, int]] = []
+        start: Optional[int] = None
+        last = -1
+        for s, row in enumerate(rows):
+            if row is not None and not row.prefilled:  # a wall
+                if start is not None:
+                    out.append((start, last - start + 1))
+                start = None
+                continue
+            if row is not None:
+                start = s if start is None else start
+                last = s
+        if start is not None:
+            out.append((start, last - start + 1))
+        return out
+
+    def _decode(self, rows: list[Optional[_Row]]) -> list[tuple[_Row, np.ndarray, int]]:
+        f = self.buf
+        chosen: list[tuple[_Row, np.ndarray, int]] = []
+        for start, n in self._ranges(rows):
+            total = 1
+            for s in range(start, start + n):
+                row = rows[s]
+                if row is None:  # a free slot: a throw-away token at position 0
+                    f.ids[s, 0], f.seqlens[s] = self.m.tokens.pad, 0
+                    continue
+                f.ids[s, 0] = row.token
+                row.length += 1
+                f.seqlens[s] = row.length - 1
+                total = max(total, row.length)
+            f.total[()] = total
+            self._embed_into(start, n)
+            self.decoder.run_with_iobinding(self._decode_binding(start, n))
+            for s in range(start, start + n):
+                row = rows[s]
+                if row is not None:
+                    chosen.append((row, f.logits[s, 0], int(f.next_token[s, 0])))
+        return chosen
+
+    # -- token bookkeeping --------------------------------------------------------------------
+
+    def _accept(self, row: _Row, logits: np.ndarray, greedy: int) -> bool:
+        """Choose and record the row's next token; True when the row is finished."""
+        p, out = row.params, row.out
+        token = greedy if row.rng is None else _choose(logits, p, row.rng)
+        if token in self.eos and p.stop_on_eos:
+            out.finish_reason = "stop"
+            return True
+        out.tokens.append(token)
+        if len(out.tokens) >= p.max_new_tokens or out.prompt_tokens + len(out.tokens) >= self.context:
+            out.finish_reason = "length"
+            return True
+        if p.stop_check is not None and p.stop_check(out.tokens):
+            out.finish_reason = "stop"
+            return True
+        if p.repetition_guard and len(out.tokens) % 8 == 0 and repeating(out.tokens):
+            out.finish_reason = "repetition"
+            return True
+        row.token = token
+        return False
+
+    def _check(self, prompt: Sequence[int]) -> None:
+        if not prompt:
+            raise RequestError("empty prompt")
+        if len(prompt) > self.context:
+            held = (f"the model's context of {self.context}" if self.context == self.m.text.context_length
+                    else f"the {self.context} positions a KV slot holds (model.context)")
+            raise RequestError(f"prompt is {len(prompt)} tokens, longer than {held}")
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams],
+            features: Optional[list[Optional[np.ndarray]]] = None) -> tuple[list[SeqOut], BatchTiming]:
+        """All prompts, at most `slots` at a time; a finished row's slot goes to the next prompt."""
+        if features and any(f is not None for f in features):
+            raise RequestError("the fused decoder takes text prompts only")
+        for prompt in prompts:
+            self._check(prompt)
+        outs = [SeqOut(prompt_tokens=len(p)) for p in prompts]
+        waiting = deque(_Row(i, p, gp, np.random.default_rng(gp.seed) if gp.temperature > 0 else None, outs[i])
+                        for i, (p, gp) in enumerate(zip(prompts, params, strict=True)))
+        timing = BatchTiming()
+        self.serve(waiting, timing)
+        return outs, timing
+
+    def serve(self, waiting: deque[_Row] | Iterable[_Row], timing: BatchTiming) -> None:
+        """Run rows until none is left: the continuous-batching loop. `waiting` may grow while it runs."""
+        queue = waiting if isinstance(waiting, deque) else deque(waiting)
+        rows: list[Optional[_Row]] = [None] * self.slots
+        beat = time.monotonic()
+        while queue or any(r is not None for r in rows):
+            if time.monotonic() - beat >= 1.0:
+                self.heartbeat()
+                beat = time.monotonic()
+            for s in range(self.slots):
+                if rows[s] is None and queue:
+                    row = queue.popleft()
+                    row.slot, row.length, row.prefilled = s, 0, False
+                    rows[s] = row
+            pending = [r for r in rows if r is not None and not r.prefilled]
+            if pending:
+                # One chunk per step, so long prompts never stall the running rows for long.
+                t0 = time.perf_counter()
+                row = pending[0]
+                done = self._prefill_chunk(row)
+                if done is not None and self._accept(row, *done):
+                    rows[row.slot] = None
+                timing.prefill_ms += (time.perf_counter() - t0) * 1000
+            if not any(r is not None and r.prefilled for r in rows):
+                continue
+            t0 = time.perf_counter()
+            for row, logits, greedy in self._decode(rows):
+                if self._accept(row, logits, greedy):
+                    rows[row.slot] = None
+            timing.decode_ms += (time.perf_counter() - t0) * 1000
+            timing.steps += 1
+
+    def score(self, rows: Sequence[Sequence[int]], first: int) -> Scored:
+        """As Generator.score: log p of each token after `first`, and the model's own top token."""
+        ids = np.asarray(rows, dtype=np.int64)
+        n, length = ids.shape
+        if not 0 <= first < length - 1:
+            raise RequestError(f"score: first position {first} outside rows of {length} tokens")
+        scores = np.empty((n, length - 1 - first), dtype=np.float64)
+        best = np.empty((n, length - 1 - first), dtype=np.int64)
+        for r in range(n):
+            row = _Row(r, list(ids[r, :first + 1]), GenParams(), None, SeqOut(), slot=0)
+            logits, _ = self._prefill_chunk_all(row)
+            for j in range(first, length - 1):
+                z = logits.astype(np.float64)
+                top = z.max()
+                scores[r, j - first] = z[ids[r, j + 1]] - (top + np.log(np.exp(z - top).sum()))
+                best[r, j - first] = int(z.argmax())
+                if j + 1 < length - 1:
+                    row.token, row.prefilled = int(ids[r, j + 1]), True
+                    (_, logits, _), = self._decode_one([row])
+        return Scored(scores, best)
+
+    def _prefill_chunk_all(self, row: _Row) -> tuple[np.ndarray, int]:
+        while True:
+            done = self._prefill_chunk(row)
+            if done is not None:
+                return done[0].copy(), done[1]
+
+    def _decode_one(self, rows: list[Optional[_Row]]) -> list[tuple[_Row, np.ndarray, int]]:
+        return [(r, z.copy(), g) for r, z, g in self._decode(rows)]
