@@ -2,8 +2,13 @@
 """Speed of the ONNX engine on this machine: load, memory, prefill, decode at batch 1 and 8.
 
 Usage: python bench/engine.py [--model DIR] [--threads N] [--provider cpu|cuda|auto]
+                              [--decoder auto|fused|traced] [--mixed N] [--rss-context 4096]
        (default model: the built-in one, <state_dir>/models/gemma-3-270m via -c CONFIG,
         else ~/.cache/edged/models/gemma-3-270m)
+--mixed N: N prompts whose answer lengths are drawn from a fixed seed (8 to 256 tokens), run
+  8 at a time: the figure continuous batching changes (a static batch waits for its longest row).
+--rss-context T: peak RSS of 8 sequences of T tokens each (a fresh process is best: run it alone),
+  against the bound model + 8 x KV of the layout + 15 %.
 Ends with one key=value summary line. Run it on a quiet machine: other jobs on the cores
 change every figure.
 """
@@ -19,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edged.engine.generate import GenParams, _choose
-from edged.engine.onnx import OnnxEngine
+from edged.engine.onnx import DecodeSettings, OnnxEngine
 from edged.engine.session import SessionSettings
 from edged.logs import configure_logging
 
@@ -61,6 +66,55 @@ def sampling_ms(vocab: int, repeats: int = 50) -> tuple[float, float]:
     return (t1 - t0) * 1000 / repeats, (t2 - t1) * 1000 / repeats
 
 
+def mixed(engine: OnnxEngine, ids: list[int], n: int) -> int:
+    """Tokens per second over a run of n prompts with answer lengths from a fixed seed."""
+    rng = np.random.default_rng(42)
+    lengths = rng.integers(8, 257, size=n)
+    bos = engine.manifest.tokens.bos
+    prompts = [[bos] + ids[i * 5 % 300:i * 5 % 300 + 16 + int(rng.integers(0, 96))] for i in range(n)]
+    params = [GenParams(max_new_tokens=int(k), stop_on_eos=False, repetition_guard=False) for k in lengths]
+    gen = engine.generator
+    t0 = time.perf_counter()
+    if getattr(engine, "continuous", False):
+        outs, _ = gen.run(prompts, params)  # slots refill as rows finish
+    else:
+        outs = []
+        for i in range(0, n, 8):  # a static batch of 8 at a time, as the worker ran it
+            outs += gen.run(prompts[i:i + 8], params[i:i + 8])[0]
+    wall = time.perf_counter() - t0
+    tokens = sum(len(o.tokens) for o in outs)
+    decoder = "fused" if getattr(engine, "continuous", False) else "traced"
+    print(f"mixed: {n} prompts, answers of {int(lengths.min())}-{int(lengths.max())} tokens "
+          f"(sum {tokens}), {wall:.1f} s")
+    print(f"decoder={decoder} mixed_prompts={n} mixed_tokens={tokens} mixed_wall_s={wall:.1f} "
+          f"mixed_tok_s={tokens / wall:.1f}")
+    return 0
+
+
+def peak_rss(engine: OnnxEngine, ids: list[int], context: int, rss_model: float) -> int:
+    """Peak RSS of 8 sequences of `context` tokens, against the KV layout's bound."""
+    m = engine.manifest
+    bos = m.tokens.bos
+    long_ids = (ids * (context // max(len(ids), 1) + 2))
+    prompts = [[bos] + long_ids[i:i + context - 17] for i in range(8)]
+    fixed = GenParams(max_new_tokens=16, stop_on_eos=False, repetition_guard=False)
+    t0 = time.perf_counter()
+    engine.generator.run(prompts, [fixed] * 8)
+    wall = time.perf_counter() - t0
+    with open("/proc/self/status") as fh:
+        hwm = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
+    t = m.text
+    # The traced decoder keeps every layer's whole cache (and past beside present while a step runs).
+    kv = m.kv_bytes(context, batch=8) / 2**20 if getattr(engine, "continuous", False) else \
+        2 * t.num_layers * t.num_kv_heads * t.head_dim * 4 * context * 8 / 2**20
+    bound = (rss_model + kv) * 1.15
+    print(f"8 x {context} tokens: {wall:.1f} s, peak RSS {hwm:.0f} MB; model {rss_model:.0f} MB + KV {kv:.0f} MB "
+          f"+ 15 % = {bound:.0f} MB")
+    print(f"rss_context={context} peak_rss_mb={hwm:.0f} rss_model_mb={rss_model:.0f} kv_mb={kv:.0f} "
+          f"bound_mb={bound:.0f} within_bound={hwm <= bound}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model folder")
@@ -69,6 +123,9 @@ def main() -> int:
     ap.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--decoder", default="auto", choices=["auto", "fused", "traced"])
+    ap.add_argument("--mixed", type=int, default=0)
+    ap.add_argument("--rss-context", type=int, default=0)
     args = ap.parse_args()
     configure_logging("warning", "console")
     if args.model:
@@ -82,7 +139,9 @@ def main() -> int:
 
     rss0 = rss_mb()
     t0 = time.perf_counter()
-    engine = OnnxEngine(model, SessionSettings(provider=args.provider, threads=args.threads))
+    context = args.rss_context + 64 if args.rss_context else 0
+    engine = OnnxEngine(model, SessionSettings(provider=args.provider, threads=args.threads),
+                        decode=DecodeSettings(decoder=args.decoder, slots=8, context=context))
     load_s = time.perf_counter() - t0
     rss = rss_mb()
     gen = engine.generator
@@ -92,6 +151,10 @@ def main() -> int:
     text = ("The old lighthouse keeper walked along the shore every morning, counting the boats that came "
             "back from the night's fishing and writing their names in a worn notebook. ")
     ids = engine.tokenizer.encode(text * 40)
+    if args.rss_context:
+        return peak_rss(engine, ids, args.rss_context, rss)
+    if args.mixed:
+        return mixed(engine, ids, args.mixed)
     long_prompt = [engine.manifest.tokens.bos] + ids[:511]
     one = GenParams(max_new_tokens=1, stop_on_eos=False, repetition_guard=False)
     gen.run([long_prompt[:32]], [one])  # warm-up

@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engine", default="fused", choices=["fused", "traced"])
-    ap.add_argument("--jobs", type=int, default=0, help="translation jobs for the queue figure (0: skip)")
+    ap.add_argument("--jobs", type=int, default=200, help="translation jobs for the queue figure (0: skip)")
     ap.add_argument("--quick", action="store_true", help="skip the 4096-deep figure")
     args = ap.parse_args()
     configure_logging("warning", "console")
@@ -142,9 +142,10 @@ def main() -> int:
     print(f"edged decode after 1024 tokens is {by['tg_d1024'][0] / flat:.2f}x its empty-context rate")
     jobs_ratio = "NA"
     if args.jobs:
-        from bench.vs_llamacpp_jobs import jobs_per_hour
+        from vs_llamacpp_jobs import jobs_per_hour
 
-        got = jobs_per_hour(ed.engine, bins, gguf, t, args.jobs)
+        ed.engine.close()
+        got = jobs_per_hour(Path(args.model), bins, gguf, t, args.jobs)
         if got is not None:
             ours, theirs = got
             jobs_ratio = f"{ours / theirs:.2f}"

@@ -71,11 +71,13 @@ class SlotGenerator:
         window = t.sliding_window + WINDOW_SLACK - 1
         self.caps = [window if kind == "sliding_attention" else self.context for kind in t.layer_types]
         self.kv_shape = (t.num_kv_heads, t.head_dim)
+        types = {i.name: i.type for i in decoder.get_inputs()}
+        self.kv_dtype = np.float16 if types.get("past_key_values.0.key") == "tensor(float16)" else np.float32
         self.kv: list[ort.OrtValue] = []  # layer-major: key, value
         for cap in self.caps:
             for _ in range(2):
                 self.kv.append(ort.OrtValue.ortvalue_from_shape_and_type(
-                    [self.slots, *self.kv_shape[:1], cap, self.kv_shape[1]], np.float32, device, 0))
+                    [self.slots, *self.kv_shape[:1], cap, self.kv_shape[1]], self.kv_dtype, device, 0))
         v, h = t.vocab_size, t.hidden_size
         self.buf = _Buffers(ids=np.zeros((self.slots, 1), np.int64), embeds=np.zeros((self.slots, 1, h), np.float32),
                             seqlens=np.zeros(self.slots, np.int32), total=np.zeros((), np.int32),
@@ -90,18 +92,19 @@ class SlotGenerator:
     def kv_bytes(self) -> int:
         """Bytes of KV cache held for all slots (the whole preallocation)."""
         kvh, hd = self.kv_shape
-        return sum(2 * self.slots * kvh * cap * hd * 4 for cap in self.caps)
+        return sum(2 * self.slots * kvh * cap * hd * np.dtype(self.kv_dtype).itemsize for cap in self.caps)
 
     def _bind_kv(self, b: ort.IOBinding, start: int, n: int) -> None:
         kvh, hd = self.kv_shape
+        dt = self.kv_dtype
         for i, cap in enumerate(self.caps):
-            row = kvh * cap * hd * 4
+            row = kvh * cap * hd * np.dtype(dt).itemsize
             for j, kind in enumerate(("key", "value")):
                 value = self.kv[2 * i + j]
                 ptr = value.data_ptr() + start * row
                 shape = [n, kvh, cap, hd]
-                b.bind_input(f"past_key_values.{i}.{kind}", self.device, 0, np.float32, shape, ptr)
-                b.bind_output(f"present.{i}.{kind}", self.device, 0, np.float32, shape, ptr)
+                b.bind_input(f"past_key_values.{i}.{kind}", self.device, 0, dt, shape, ptr)
+                b.bind_output(f"present.{i}.{kind}", self.device, 0, dt, shape, ptr)
 
     def _decode_binding(self, start: int, n: int) -> ort.IOBinding:
         key = (start, n)

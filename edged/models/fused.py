@@ -157,12 +157,13 @@ def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Pa
     f_last = b.node("Slice", [f, *last], name="/last/f")[0]
     r_last = b.node("Slice", [residual, *last], name="/last/residual")[0]
     h, _ = b.skip_norm(f_last, r_last, text_model.norm.weight, eps, "/norm")
-    logits = b.matmul(h, lm_head.weight, "/lm_head/MatMul")
     cap = getattr(cfg, "final_logit_softcapping", None)
+    # The head writes the graph output itself: an Identity would copy 262k floats a row a step.
+    w = b.init("/lm_head/MatMul.weight", lm_head.weight.detach().float().numpy().T)
+    b.node("MatMul", [h, w], ["logits.raw" if cap else "logits"], name="/lm_head/MatMul")
     if cap:
         c = b.init("final.softcap", np.array(cap, dtype=np.float32))
-        logits = b.node("Mul", [b.node("Tanh", [b.node("Div", [logits, c])[0]])[0], c])[0]
-    b.node("Identity", [logits], ["logits"], name="/logits")
+        b.node("Mul", [b.node("Tanh", [b.node("Div", ["logits.raw", c])[0]])[0], c], ["logits"], name="/softcap")
     b.node("ArgMax", ["logits"], ["next_token"], name="/next_token", axis=-1, keepdims=0)
     graph = helper.make_graph(b.nodes, "gemma3_fused_decoder", inputs, outputs, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
