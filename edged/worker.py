@@ -74,7 +74,7 @@ class Worker:
                     wake.clear()
                     continue
                 try:
-                    ran = self.run_batch()
+                    ran = self.run_stream() if self.streams else self.run_batch()
                 except StoreUnavailable as exc:
                     self._wait_for_store(exc, stop, wake)
                     continue
@@ -111,6 +111,16 @@ class Worker:
             log.info("store_available", released_jobs=released)
             return
 
+    @property
+    def streams(self) -> bool:
+        """The engine batches continuously across calls (submit/step): jobs join the running rows."""
+        return bool(getattr(self.engine, "continuous", False)) and callable(getattr(self.engine, "submit", None))
+
+    def run_stream(self) -> int:
+        from edged.stream import Stream
+
+        return Stream(self).run()
+
     def run_batch(self) -> int:
         jobs = self.queue.claim(self.settings.model.batch_size)
         if not jobs:
@@ -137,6 +147,11 @@ class Worker:
         requests = [r for it in items for r in it.prepared.requests]
         report.requests = len(requests)
         generations = self._generate(requests, report) if requests else []
+        self._conclude(task, items, generations, report)
+
+    def _conclude(self, task: tasks.Task, items: list[_Item], generations: Sequence[Union[Generation, Exception]],
+                  report: BatchReport) -> None:
+        """Assemble, store and settle the items whose generations are in (in the items' order)."""
         finished: list[tuple[_Item, ResultData]] = []
         at = 0
         for item in items:

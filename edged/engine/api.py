@@ -99,3 +99,28 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+
+@runtime_checkable
+class StreamingEngine(Engine, Protocol):
+    """An engine that batches continuously across calls: requests join the running rows."""
+
+    continuous: bool
+
+    def submit(self, request: Request) -> int:
+        """Queue one request (it takes the next free slot); its ticket. RequestError: it can never run."""
+        ...
+
+    def step(self) -> list[tuple[int, Generation]]:
+        """One scheduling step; the (ticket, generation) of every request that ended in it."""
+        ...
+
+    def free_slots(self) -> int: ...
+
+    def abandon(self) -> None:
+        """Drop every submitted request."""
+        ...
+
+    def take_timing(self) -> BatchTiming:
+        """Prefill/decode time since the last call."""
+        ...
+

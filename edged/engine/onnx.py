@@ -70,6 +70,8 @@ class OnnxEngine:
         else:
             self.generator = Generator(self.embed, self.decoder, m, device=got)
         self.defaults = defaults or GenParams()
+        self._next_ticket = 0
+        self._stops: dict[int, tuple[str, ...]] = {}
         self.last_timing = BatchTiming()
         self.load_s = time.perf_counter() - t0
         kv = self.generator.kv_bytes() if isinstance(self.generator, SlotGenerator) else None
@@ -148,6 +150,53 @@ class OnnxEngine:
         outs, self.last_timing = self.generator.run(prompts, params, features)
         return [Generation(self._text(o.tokens, r.stop), o.prompt_tokens, len(o.tokens), o.finish_reason)
                 for o, r in zip(outs, requests, strict=True)]
+
+    # -- the stream (continuous batching across engine calls; fused decoder only) ----------------
+
+    def submit(self, request: Request) -> int:
+        """Queue one request; it joins the running rows at the next free slot. Returns its ticket.
+        Raises RequestError for a request that can never run (nothing is queued then)."""
+        gen = self._slots()
+        if request.images:
+            self.views(request)  # a model without a vision encoder says so
+            raise RequestError(f"model {self.name} runs text through its fused decoder: it cannot read images")
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        gen.add(ticket, self.prompt_ids(request, []), self._params(request))
+        self._stops[ticket] = request.stop
+        return ticket
+
+    def step(self) -> list[tuple[int, Generation]]:
+        """One scheduling step (a prompt chunk, one token for every running row); what ended."""
+        out = []
+        for row in self._slots().step():
+            stops = self._stops.pop(row.index, ())
+            o = row.out
+            out.append((row.index, Generation(self._text(o.tokens, stops), o.prompt_tokens, len(o.tokens),
+                                              o.finish_reason)))
+        return out
+
+    def free_slots(self) -> int:
+        return self._slots().free()
+
+    def in_flight(self) -> int:
+        return self._slots().busy()
+
+    def abandon(self) -> None:
+        """Drop every submitted request (after an engine error or a stop)."""
+        self._slots().clear()
+        self._stops.clear()
+
+    def take_timing(self) -> BatchTiming:
+        """The stream's prefill/decode time since the last call."""
+        gen = self._slots()
+        timing, gen.timing = gen.timing, BatchTiming()
+        return timing
+
+    def _slots(self) -> SlotGenerator:
+        if not isinstance(self.generator, SlotGenerator):
+            raise RuntimeError("this engine runs the traced decoder: no stream, use generate()")
+        return self.generator
 
     def _params(self, r: Request) -> GenParams:
         d, s = self.defaults, r.sampling

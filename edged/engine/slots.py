@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -84,6 +84,9 @@ class SlotGenerator:
                             logits=np.zeros((self.slots, 1, v), np.float32),
                             next_token=np.zeros((self.slots, 1), np.int64))
         self.embed_bindings: dict[int, ort.IOBinding] = {}
+        self.rows: list[Optional[_Row]] = [None] * self.slots
+        self.waiting: deque[_Row] = deque()
+        self.timing = BatchTiming()  # of the current run, or of the stream since it was last read
         # Called about once a second while a run lasts (the worker feeds the systemd watchdog from it).
         self.heartbeat: Callable[[], None] = lambda: None
 
@@ -236,49 +239,80 @@ class SlotGenerator:
         """All prompts, at most `slots` at a time; a finished row's slot goes to the next prompt."""
         if features and any(f is not None for f in features):
             raise RequestError("the fused decoder takes text prompts only")
+        if self.busy():
+            raise RuntimeError("run() while a stream of submitted rows is in flight")
         for prompt in prompts:
             self._check(prompt)
         outs = [SeqOut(prompt_tokens=len(p)) for p in prompts]
-        waiting = deque(_Row(i, p, gp, np.random.default_rng(gp.seed) if gp.temperature > 0 else None, outs[i])
-                        for i, (p, gp) in enumerate(zip(prompts, params, strict=True)))
-        timing = BatchTiming()
-        self.serve(waiting, timing)
+        for i, (p, gp) in enumerate(zip(prompts, params, strict=True)):
+            self.add(i, p, gp, outs[i])
+        timing = self.timing = BatchTiming()
+        beat = time.monotonic()
+        try:
+            while self.busy():
+                self.step()
+                if time.monotonic() - beat >= 1.0:
+                    self.heartbeat()
+                    beat = time.monotonic()
+        finally:
+            self.clear()
         return outs, timing
 
-    def serve(self, waiting: deque[_Row] | Iterable[_Row], timing: BatchTiming) -> None:
-        """Run rows until none is left: the continuous-batching loop. `waiting` may grow while it runs."""
-        queue = waiting if isinstance(waiting, deque) else deque(waiting)
-        rows: list[Optional[_Row]] = [None] * self.slots
-        beat = time.monotonic()
-        while queue or any(r is not None for r in rows):
-            if time.monotonic() - beat >= 1.0:
-                self.heartbeat()
-                beat = time.monotonic()
-            for s in range(self.slots):
-                if rows[s] is None and queue:
-                    row = queue.popleft()
-                    row.slot, row.length, row.prefilled = s, 0, False
-                    rows[s] = row
-            pending = [r for r in rows if r is not None and not r.prefilled]
-            if pending:
-                # One chunk per step, so long prompts never stall the running rows for long.
-                t0 = time.perf_counter()
-                row = pending[0]
-                done = self._prefill_chunk(row)
-                if done is not None and self._accept(row, *done):
-                    rows[row.slot] = None
-                timing.prefill_ms += (time.perf_counter() - t0) * 1000
-            if not any(r is not None and r.prefilled for r in rows):
-                continue
+    # -- the stream: rows added at any time, one scheduling step at a time -----------------------
+
+    def add(self, index: int, prompt: Sequence[int], params: GenParams, out: Optional[SeqOut] = None) -> _Row:
+        """Queue one prompt; it takes the next free slot. Raises RequestError for one that cannot run."""
+        self._check(prompt)
+        rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
+        row = _Row(index, prompt, params, rng, out or SeqOut(prompt_tokens=len(prompt)))
+        self.waiting.append(row)
+        return row
+
+    def busy(self) -> int:
+        """Rows in slots or waiting for one."""
+        return sum(r is not None for r in self.rows) + len(self.waiting)
+
+    def free(self) -> int:
+        """Slots no row holds or waits for."""
+        return max(self.slots - self.busy(), 0)
+
+    def clear(self) -> None:
+        """Drop every row (after an error or a stop; their slots are simply reused)."""
+        self.rows = [None] * self.slots
+        self.waiting.clear()
+
+    def step(self) -> list[_Row]:
+        """Admit waiting rows, prefill one chunk, decode every running row once; the rows that ended."""
+        rows, timing, ended = self.rows, self.timing, []
+        for s in range(self.slots):
+            if rows[s] is None and self.waiting:
+                row = self.waiting.popleft()
+                row.slot, row.length, row.prefilled = s, 0, False
+                rows[s] = row
+        pending = [r for r in rows if r is not None and not r.prefilled]
+        if pending:
+            # One chunk per step, so a long prompt never stalls the running rows for long.
+            t0 = time.perf_counter()
+            row = pending[0]
+            done = self._prefill_chunk(row)
+            if done is not None and self._accept(row, *done):
+                rows[row.slot] = None
+                ended.append(row)
+            timing.prefill_ms += (time.perf_counter() - t0) * 1000
+        if any(r is not None and r.prefilled for r in rows):
             t0 = time.perf_counter()
             for row, logits, greedy in self._decode(rows):
                 if self._accept(row, logits, greedy):
                     rows[row.slot] = None
+                    ended.append(row)
             timing.decode_ms += (time.perf_counter() - t0) * 1000
             timing.steps += 1
+        return ended
 
     def score(self, rows: Sequence[Sequence[int]], first: int) -> Scored:
         """As Generator.score: log p of each token after `first`, and the model's own top token."""
+        if self.busy():
+            raise RuntimeError("score() while a stream of submitted rows is in flight")
         ids = np.asarray(rows, dtype=np.int64)
         n, length = ids.shape
         if not 0 <= first < length - 1:

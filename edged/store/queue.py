@@ -193,10 +193,12 @@ class Queue(FileRecords, Recovery):
 
     # -- the worker's side -------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Job]:
+    def claim(self, limit: int, mates: Sequence[int] = ()) -> list[Job]:
         """Lease up to `limit` ready jobs of one task (the task of the oldest ready job).
 
         A job that was running when a worker died is claimed alone, before anything else.
+        `mates`: jobs this worker is running already (continuous batching); the new jobs join
+        them, and all of them count as one batch should the process die (recovery.py).
         """
         now = self.clock()
         params: dict[str, Any] = {"now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
@@ -215,9 +217,16 @@ class Queue(FileRecords, Recovery):
                              " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp"
                              f" WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}", **params).all()
             if rows:
-                run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(rows),
-                    ids=[r.id for r in rows])
+                together = [r.id for r in rows] + list(mates)
+                run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(together),
+                    ids=together)
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
+
+    def solo_waiting(self) -> bool:
+        """A job that must run alone is ready (claim() will hand it out before anything else)."""
+        with read(self.engine) as conn:
+            return run(conn, "SELECT 1 FROM jobs WHERE status = 'queued' AND next_run_at <= :now AND solo = 1 LIMIT 1",
+                       now=iso(self.clock())).scalar() is not None
 
     def complete(self, done: Sequence[tuple[Job, ResultData]]) -> list[bool]:
         """Store results and mark their jobs done, all in one transaction.
