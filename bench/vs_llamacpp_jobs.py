@@ -65,12 +65,12 @@ def _ts(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def edged_run(model: Path, jobs: list[tuple[str, str]], threads: int) -> float:
+def edged_run(model: Path, jobs: list[tuple[str, str]], threads: int, decoder: str = "auto") -> float:
     """Seconds from `ready` to the last job done, through the real daemon."""
     root = Path(tempfile.mkdtemp(prefix="edged-jobs-"))
     spool = root / "spool"
     cfg = {"state_dir": str(root / "state"), "spool_dir": str(spool),
-           "model": {"path": str(model), "batch_size": 8, "threads": threads, "provider": "cpu"},
+           "model": {"path": str(model), "batch_size": 8, "threads": threads, "provider": "cpu", "decoder": decoder},
            "watch": {"stability_seconds": 0.2}, "spool": {"min_free_mb": 0}, "log": {"format": "json"}}
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     for i, (lang, text) in enumerate(jobs):
