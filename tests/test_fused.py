@@ -197,3 +197,10 @@ def test_a_vision_model_keeps_the_traced_decoder() -> None:
     assert isinstance(OnnxEngine(folder, session).generator, Generator)
     with pytest.raises(ModelUnavailable, match="no fused decoder"):
         OnnxEngine(folder, session, decode=DecodeSettings(decoder="fused"))
+
+
+def test_the_export_checks_the_fused_decoder_and_records_it() -> None:
+    m = Manifest.load(built_model(TINY, weights="int4"))
+    rep = m.parity["fused_vs_traced"]  # measured on the fp32 graphs, before quantization
+    assert rep["max_abs_logit_diff"] < 1e-4 and rep["greedy_tokens_equal"]
+    assert rep["prompts"] == 2 and rep["steps"] > 1

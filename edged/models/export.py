@@ -248,6 +248,9 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
         if opts.verify:
             progress("checking the fp32 graphs against PyTorch")
             report["fp32_vs_pytorch"] = parity.onnx_vs_torch(loaded.model, tmp, cfg, opts.parity_steps, prompts)
+            if (tmp / FUSED).is_file():
+                progress(f"checking {FUSED} against the traced decoder")
+                report["fused_vs_traced"] = parity.fused_vs_traced(tmp, cfg, opts.parity_steps, prompts)
             if vision is not None:
                 report["vision_fp32_vs_pytorch"] = parity.vision_vs_torch(
                     loaded.model, tmp, cfg, tokens, vision.image_size, opts.parity_steps)

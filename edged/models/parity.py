@@ -53,6 +53,60 @@ class OnnxGreedy:
         return logits, tokens
 
 
+class FusedGreedy:
+    """The same loop over the fused decoder (fused.py): one sequence, buffers shared in place."""
+
+    def __init__(self, folder: Path, cfg: Any) -> None:
+        from edged.models.fused import NAME
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        cpu = ["CPUExecutionProvider"]
+        self.embed = ort.InferenceSession(str(folder / "embed_tokens.onnx"), opts, providers=cpu)
+        self.decoder = ort.InferenceSession(str(folder / NAME), opts, providers=cpu)
+        self.cfg = cfg
+
+    def run(self, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
+        from edged.models.manifest import WINDOW_SLACK
+
+        c = self.cfg
+        total = len(prompt) + steps + 1
+        caps = [c.sliding_window + WINDOW_SLACK - 1 if k == "sliding_attention" else total for k in c.layer_types]
+        kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, c.num_key_value_heads, cap, c.head_dim), np.float32))
+              for cap in caps for _ in range(2)]
+        ids, length = prompt, 0
+        logits, tokens = [], []
+        for _ in range(steps + 1):
+            length += len(ids)
+            b = self.decoder.io_binding()
+            b.bind_cpu_input("inputs_embeds", self.embed.run(None, {"input_ids": np.array([ids], np.int64)})[0])
+            b.bind_cpu_input("seqlens_k", np.array([length - 1], np.int32))
+            b.bind_cpu_input("total_sequence_length", np.array(length, np.int32))
+            b.bind_output("logits")  # first: outputs come back in the order they were bound
+            for i in range(len(caps)):
+                for j, kind in enumerate(("key", "value")):
+                    b.bind_ortvalue_input(f"past_key_values.{i}.{kind}", kv[2 * i + j])
+                    b.bind_ortvalue_output(f"present.{i}.{kind}", kv[2 * i + j])
+            self.decoder.run_with_iobinding(b)
+            last = b.get_outputs()[0].numpy()[0, -1]
+            logits.append(last)
+            tokens.append(int(np.argmax(last)))
+            ids = [tokens[-1]]
+        return logits, tokens
+
+
+def fused_vs_traced(folder: Path, cfg: Any, steps: int = 12,
+                    prompts: Optional[list[list[int]]] = None) -> dict[str, Any]:
+    """The fused decoder against the traced one of the same folder (the same weights)."""
+    a, b = OnnxGreedy(folder, cfg), FusedGreedy(folder, cfg)
+    results = []
+    for prompt in prompts or sample_prompts(cfg):
+        la, ta = a.run(prompt, steps)
+        lb, tb = b.run(prompt, steps)
+        results.append(_compare(lb, la, tb, ta))
+    return _merge(results, steps)
+
+
 def torch_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
     from transformers.cache_utils import DynamicCache
 
