@@ -14,7 +14,7 @@ from edged.commands.model import verify_model
 from edged.exitcodes import ExitCode
 from edged.models import default
 from edged.models.importer import ReleaseError, import_onnx_community
-from edged.models.manifest import Manifest, ManifestError
+from edged.models.manifest import WINDOW_SLACK, Manifest, ManifestError
 from model_cache import built_model
 
 TINY = f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}"
@@ -32,9 +32,9 @@ def test_manifest_records_shapes_tokens_checksums_and_kv_cost(tiny: Path) -> Non
     assert set(m.files) == {"embed_tokens.onnx", "decoder_model_merged.onnx", "decoder_fused.onnx", "tokenizer.json"}
     assert m.text.sliding_window == 8 and m.text.layer_types.count("full_attention") == 1
     assert m.tokens.start_of_turn == 260 and m.tokens.end_of_turn == 261 and 261 in m.tokens.eos
-    # Fused layout: the one global layer grows per token; the five sliding ones hold 8 + 63 positions.
+    # Fused layout: the one global layer grows per token; the five sliding ones hold a window (+ slack).
     assert m.kv_bytes_per_token == 1 * 2 * 2 * 16 * 4
-    assert m.kv_window_bytes == 5 * 2 * 2 * 16 * 4 * (8 + 63)
+    assert m.kv_window_bytes == 5 * 2 * 2 * 16 * 4 * (8 + WINDOW_SLACK - 1)
     data = json.loads((tiny / "edged-model.json").read_text())
     assert data["kv_cache"]["bytes_at_context_length"] == m.kv_bytes_per_token * 512 + m.kv_window_bytes
     assert m.check_files(tiny) == []
