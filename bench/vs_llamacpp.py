@@ -21,12 +21,14 @@ import json
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from edged.engine.generate import GenParams
 from edged.engine.onnx import DecodeSettings, OnnxEngine
 from edged.engine.session import SessionSettings
+from edged.engine.slots import SlotGenerator
 from edged.logs import configure_logging
 
 CACHE = Path(os.environ.get("EDGED_CACHE", Path.home() / ".cache" / "edged"))
@@ -79,11 +81,26 @@ class Edged:
         return n / (t.prefill_ms / 1000)
 
     def decode(self, batch: int, depth: int, new: int) -> float:
-        """Aggregate decode tok/s of `batch` rows after `depth`-token prompts (first tokens excluded)."""
+        """Aggregate decode tok/s of `batch` rows after `depth`-token prompts, once every prompt is in:
+        what llama-bench (tg at depth) and llama-batched-bench (S_TG) time."""
         prompts = [self.prompt(max(depth, 1), offset=7 * i) for i in range(batch)]
         fixed = GenParams(max_new_tokens=new, stop_on_eos=False, repetition_guard=False)
-        outs, t = self.gen.run(prompts, [fixed] * batch)
-        return (sum(len(o.tokens) for o in outs) - batch) / (t.decode_ms / 1000)
+        if not isinstance(self.gen, SlotGenerator):  # a static batch: prefill of all, then decode
+            outs, t = self.gen.run(prompts, [fixed] * batch)
+            return (sum(len(o.tokens) for o in outs) - batch) / (t.decode_ms / 1000)
+        gen = self.gen
+        rows = [gen.add(i, p, fixed) for i, p in enumerate(prompts)]
+        try:
+            while not all(r.prefilled for r in rows):  # the prompts go in (with decode steps between)
+                gen.step()
+            done = [len(r.out.tokens) for r in rows]
+            t0 = time.perf_counter()
+            while all(len(r.out.tokens) < new for r in rows):  # all rows decoding together
+                gen.step()
+            wall = time.perf_counter() - t0
+        finally:
+            gen.clear()
+        return sum(len(r.out.tokens) - d for r, d in zip(rows, done, strict=True)) / wall
 
 
 def alternate(ours: Callable[[], float], theirs: Callable[[], Optional[float]], repeats: int

@@ -97,7 +97,7 @@ def test_fused_graph_is_built_of_fused_kernels_and_quantized_like_the_traced_one
     names = {i.name for i in fused.get_inputs()}
     assert {"seqlens_k", "total_sequence_length", "inputs_embeds"} <= names
     assert "attention_mask" not in names and "position_ids" not in names
-    assert {o.name for o in fused.get_outputs()} >= {"logits", "next_token"}
+    assert {o.name for o in fused.get_outputs()} >= {"logits"}
 
 
 def test_fused_logits_match_the_traced_decoder_past_the_window(tiny) -> None:
@@ -145,6 +145,23 @@ def test_sampled_rows_are_the_same_alone_and_batched(tiny) -> None:
     alone = [gen.run([p], [gp])[0][0].tokens for p, gp in zip(prompts, params, strict=True)]
     assert batched == alone
     assert len({tuple(t) for t in batched}) > 1
+
+
+def test_the_greedy_graph_chooses_as_the_host_does() -> None:
+    """The device path (logits in a device buffer, ArgMax in its own graph, only ids to the host),
+    run on the CPU provider: the same tokens as numpy's argmax, sampled rows the same too."""
+    folder = built_model(TINY, weights="fp32")
+    m, embed, _, fused = _sessions(folder)
+    opts = ort.SessionOptions()
+    greedy = ort.InferenceSession(str(folder / m.graph("greedy")), opts, providers=["CPUExecutionProvider"])
+    prompts = [[2, 10 + i, 20, 30 + i] * (i + 1) for i in range(5)]
+    params = [GenParams(max_new_tokens=18, **GREEDY), GenParams(max_new_tokens=9, temperature=0.8, seed=3, **GREEDY)]
+    params = [params[i % 2] for i in range(5)]
+    host = SlotGenerator(embed, fused, m, slots=3, chunk=4).run(prompts, params)[0]
+    dev = SlotGenerator(embed, fused, m, slots=3, chunk=4, greedy=greedy)
+    dev.device_choice = True  # as on CUDA, with the CPU standing in for the device
+    assert [o.tokens for o in dev.run(prompts, params)[0]] == [o.tokens for o in host]
+    assert dev.logits_dev is not None
 
 
 def test_a_prompt_as_long_as_the_context(tiny) -> None:

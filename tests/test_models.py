@@ -28,8 +28,9 @@ def tiny() -> Path:
 def test_manifest_records_shapes_tokens_checksums_and_kv_cost(tiny: Path) -> None:
     m = Manifest.load(tiny)
     assert m.graphs == {"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx", "vision": None,
-                        "decoder_fused": "decoder_fused.onnx"}
-    assert set(m.files) == {"embed_tokens.onnx", "decoder_model_merged.onnx", "decoder_fused.onnx", "tokenizer.json"}
+                        "decoder_fused": "decoder_fused.onnx", "greedy": "greedy.onnx"}
+    assert set(m.files) == {"embed_tokens.onnx", "decoder_model_merged.onnx", "decoder_fused.onnx", "greedy.onnx",
+                            "tokenizer.json"}
     assert m.text.sliding_window == 8 and m.text.layer_types.count("full_attention") == 1
     assert m.tokens.start_of_turn == 260 and m.tokens.end_of_turn == 261 and 261 in m.tokens.eos
     # Fused layout: the one global layer grows per token; the five sliding ones hold a window (+ slack).

@@ -65,8 +65,12 @@ class OnnxEngine:
         # With slots, one call takes any number of prompts and keeps the slots full (continuous batching).
         self.continuous = bool(fused)
         if fused:
+            greedy = None
+            if got != "cpu" and m.graphs.get("greedy"):  # on a device only token ids cross to the host
+                greedy, got = open_session(model_dir / m.graph("greedy"), session, got)
             self.generator = SlotGenerator(self.embed, self.decoder, m, device=got, slots=decode.slots,
-                                           context=decode.context or None, chunk=decode.prefill_chunk)
+                                           context=decode.context or None, chunk=decode.prefill_chunk,
+                                           greedy=greedy)
         else:
             self.generator = Generator(self.embed, self.decoder, m, device=got)
         self.defaults = defaults or GenParams()

@@ -61,7 +61,8 @@ class _Buffers:
 
 class SlotGenerator:
     def __init__(self, embed: ort.InferenceSession, decoder: ort.InferenceSession, manifest: Manifest,
-                 device: str = "cpu", slots: int = 8, context: Optional[int] = None, chunk: int = 256) -> None:
+                 device: str = "cpu", slots: int = 8, context: Optional[int] = None, chunk: int = 256,
+                 greedy: Optional[ort.InferenceSession] = None) -> None:
         t = manifest.text
         self.embed, self.decoder, self.m, self.device = embed, decoder, manifest, device
         self.slots = max(1, slots)
@@ -84,6 +85,12 @@ class SlotGenerator:
                             logits=np.zeros((self.slots, 1, v), np.float32),
                             next_token=np.zeros((self.slots, 1), np.int64))
         self.embed_bindings: dict[int, ort.IOBinding] = {}
+        # Greedy choice: where logits live on a device, the greedy graph's ArgMax there (only the
+        # ids cross to the host); on the CPU numpy's argmax over the bound logits buffer, ~10x
+        # faster than ORT's ArgMax kernel (97 against 950 us for 8 rows of 262k).
+        self.greedy = greedy
+        self.device_choice = greedy is not None and device != "cpu"
+        self.logits_dev: Optional[ort.OrtValue] = None
         self.rows: list[Optional[_Row]] = [None] * self.slots
         self.waiting: deque[_Row] = deque()
         self.timing = BatchTiming()  # of the current run, or of the stream since it was last read
@@ -119,8 +126,11 @@ class SlotGenerator:
             b.bind_input("inputs_embeds", "cpu", 0, np.float32, [n, 1, h], f.embeds[start:].ctypes.data)
             b.bind_input("seqlens_k", "cpu", 0, np.int32, [n], f.seqlens[start:].ctypes.data)
             b.bind_input("total_sequence_length", "cpu", 0, np.int32, [], f.total.ctypes.data)
-            b.bind_output("logits", "cpu", 0, np.float32, [n, 1, f.logits.shape[-1]], f.logits[start:].ctypes.data)
-            b.bind_output("next_token", "cpu", 0, np.int64, [n, 1], f.next_token[start:].ctypes.data)
+            v = f.logits.shape[-1]
+            if self.device_choice:
+                b.bind_output("logits", self.device, 0, np.float32, [n, 1, v], self._logits_ptr(start))
+            else:
+                b.bind_output("logits", "cpu", 0, np.float32, [n, 1, v], f.logits[start:].ctypes.data)
             self._bind_kv(b, start, n)
             self.buf.bindings[key] = b
         return b
@@ -149,17 +159,24 @@ class SlotGenerator:
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds))
         b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        logits = np.empty((1, 1, self.buf.logits.shape[-1]), np.float32)
-        token = np.empty((1, 1), np.int64)
-        b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        b.bind_output("next_token", "cpu", 0, np.int64, [1, 1], token.ctypes.data)
+        v = self.buf.logits.shape[-1]
+        logits = np.empty((1, 1, v), np.float32)
+        if self.device_choice:
+            b.bind_output("logits", self.device, 0, np.float32, [1, 1, v], self._logits_ptr(row.slot))
+        else:
+            b.bind_output("logits", "cpu", 0, np.float32, [1, 1, v], logits.ctypes.data)
         self._bind_kv(b, row.slot, 1)
         self.decoder.run_with_iobinding(b)
         row.length = total
         if total < len(row.prompt):
             return None
         row.prefilled = True
-        return logits[0, 0], int(token[0, 0])
+        token = -1
+        if self.device_choice:
+            token = self._choose_on_device(row.slot, 1)[0]
+            if row.rng is not None:
+                logits[0, 0] = self._host_logits(row.slot)
+        return logits[0, 0], token
 
     def _ranges(self, rows: list[Optional[_Row]]) -> list[tuple[int, int]]:
         """Contiguous slot ranges to decode: all decoding rows, never a row mid-prefill."""
@@ -196,18 +213,47 @@ class SlotGenerator:
             f.total[()] = total
             self._embed_into(start, n)
             self.decoder.run_with_iobinding(self._decode_binding(start, n))
+            greedy = self._choose_on_device(start, n) if self.device_choice else [-1] * n
             for s in range(start, start + n):
                 row = rows[s]
-                if row is not None:
-                    chosen.append((row, f.logits[s, 0], int(f.next_token[s, 0])))
+                if row is None:
+                    continue
+                if self.device_choice and row.rng is not None:
+                    f.logits[s, 0] = self._host_logits(s)  # a sampled row needs its logits here
+                chosen.append((row, f.logits[s, 0], greedy[s - start]))
         return chosen
+
+    # -- the greedy choice on a device --------------------------------------------------------
+
+    def _logits_ptr(self, start: int) -> int:
+        if self.logits_dev is None:
+            self.logits_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+                list(self.buf.logits.shape), np.float32, self.device, 0)
+        return int(self.logits_dev.data_ptr()) + start * self.buf.logits.shape[-1] * 4
+
+    def _choose_on_device(self, start: int, n: int) -> list[int]:
+        """ArgMax of rows start..start+n of the device logits; only the ids cross to the host."""
+        assert self.greedy is not None
+        b = self.greedy.io_binding()
+        v = self.buf.logits.shape[-1]
+        b.bind_input("logits", self.device, 0, np.float32, [n, 1, v], self._logits_ptr(start))
+        b.bind_output("next_token", "cpu", 0, np.int64, [n, 1], self.buf.next_token[start:].ctypes.data)
+        self.greedy.run_with_iobinding(b)
+        return [int(t) for t in self.buf.next_token[start:start + n, 0]]
+
+    def _host_logits(self, slot: int) -> np.ndarray:
+        assert self.logits_dev is not None
+        return self.logits_dev.numpy()[slot, 0]
 
     # -- token bookkeeping --------------------------------------------------------------------
 
     def _accept(self, row: _Row, logits: np.ndarray, greedy: int) -> bool:
         """Choose and record the row's next token; True when the row is finished."""
         p, out = row.params, row.out
-        token = greedy if row.rng is None else _choose(logits, p, row.rng)
+        if row.rng is not None:
+            token = _choose(logits, p, row.rng)
+        else:
+            token = greedy if greedy >= 0 else int(np.argmax(logits))
         if token in self.eos and p.stop_on_eos:
             out.finish_reason = "stop"
             return True

@@ -26,6 +26,7 @@ import torch
 
 from edged.exitcodes import EdgedError, ExitCode
 from edged.models import graphs, parity
+from edged.models.fused import GREEDY
 from edged.models.fused import NAME as FUSED
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
 from edged.models.quantize import WEIGHTS, lm_head_nodes, to_fp16
@@ -239,6 +240,7 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
             progress(f"building {fused.NAME}")
             fused.build_decoder(loaded.text_model, loaded.lm_head, tmp / fused.NAME,
                                 opts.context_length or cfg.max_position_embeddings)
+            fused.build_greedy(out / fused.GREEDY, cfg.vocab_size)
         tokens = special_tokens(loaded.tokenizer_json, cfg)
         if vision is not None:
             progress("exporting vision_encoder.onnx (fp32)")
@@ -272,7 +274,8 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
         instruction_tuned=loaded.chat if opts.chat is None else opts.chat,
         graphs={"embed": "embed_tokens.onnx", "decoder": "decoder_model_merged.onnx",
                 "vision": "vision_encoder.onnx" if vision is not None else None,
-                "decoder_fused": FUSED if (out / FUSED).is_file() else None},
+                "decoder_fused": FUSED if (out / FUSED).is_file() else None,
+                "greedy": GREEDY if (out / FUSED).is_file() else None},
         vision=vision,
         source=loaded.source,
         quantization=qinfo,

@@ -13,8 +13,10 @@ it, one node per operation that matters:
   window (plus slack), not the context, so a 32K prompt costs window-sized memory there;
 - `SimplifiedLayerNormalization` / `SkipSimplifiedLayerNormalization` for the norms and the
   residual adds, `FastGelu` (tanh) for the MLP;
-- the logits of the last position only, and the greedy choice (`ArgMax`) beside them, so a
-  greedy row never needs the 262k logits on the host.
+- the logits of the last position only; the greedy choice is a graph of its own (GREEDY, an
+  ArgMax the engine runs where logits live on a device, so only token ids cross to the host; on
+  the CPU numpy's argmax is ten times faster than the kernel, and a graph output is always
+  computed, bound or not).
 
 q, k and v stay three MatMuls: a GGUF gives them different block types (blockwrite.py carries
 each as it is), so packing them would mean re-quantizing. Weight initializers and MatMul node
@@ -35,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edged.models.graphs import IR_VERSION, OPSET
 
 NAME = "decoder_fused.onnx"
+GREEDY = "greedy.onnx"
 MS = "com.microsoft"
 
 
@@ -109,8 +112,7 @@ def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Pa
     inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", cfg.hidden_size]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, cfg.vocab_size]),
-               helper.make_tensor_value_info("next_token", TensorProto.INT64, ["batch", 1])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, cfg.vocab_size])]
     layers = text_model.layers[: cfg.num_hidden_layers]
     residual, x = "inputs_embeds", b.norm("inputs_embeds", layers[0].input_layernorm.weight, eps,
                                           "/layers.0/input_layernorm")
@@ -164,10 +166,21 @@ def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Pa
     if cap:
         c = b.init("final.softcap", np.array(cap, dtype=np.float32))
         b.node("Mul", [b.node("Tanh", [b.node("Div", ["logits.raw", c])[0]])[0], c], ["logits"], name="/softcap")
-    b.node("ArgMax", ["logits"], ["next_token"], name="/next_token", axis=-1, keepdims=0)
     graph = helper.make_graph(b.nodes, "gemma3_fused_decoder", inputs, outputs, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
     model.ir_version = IR_VERSION
     big = model.ByteSize() > 1_800_000_000
     onnx.save(model, str(out), save_as_external_data=big, all_tensors_to_one_file=True, location=out.name + ".data")
+    return out
+
+
+def build_greedy(out: Path, vocab: int) -> Path:
+    """logits [batch, 1, vocab] -> next_token [batch, 1]: the greedy choice, for device providers."""
+    node = helper.make_node("ArgMax", ["logits"], ["next_token"], name="/next_token", axis=-1, keepdims=0)
+    graph = helper.make_graph([node], "greedy", [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                                ["batch", 1, vocab])],
+                              [helper.make_tensor_value_info("next_token", TensorProto.INT64, ["batch", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.save(model, str(out))
     return out
