@@ -7,8 +7,9 @@ Usage: python bench/engine.py [--model DIR] [--threads N] [--provider cpu|cuda|a
         else ~/.cache/edged/models/gemma-3-270m)
 --mixed N: N prompts whose answer lengths are drawn from a fixed seed (8 to 256 tokens), run
   8 at a time: the figure continuous batching changes (a static batch waits for its longest row).
---rss-context T: peak RSS of 8 sequences of T tokens each (a fresh process is best: run it alone),
-  against the bound model + 8 x KV of the layout + 15 %.
+--rss-context T [--rows N]: peak RSS of N (8) sequences of T tokens each (a fresh process is best:
+  run it alone), against the bound model + N x KV of the layout + 15 %; `--rss-context 32704
+  --rows 1` is a prompt of the 270M's whole context.
 Ends with one key=value summary line. Run it on a quiet machine: other jobs on the cores
 change every figure.
 """
@@ -91,26 +92,27 @@ def mixed(engine: OnnxEngine, ids: list[int], n: int) -> int:
     return 0
 
 
-def peak_rss(engine: OnnxEngine, ids: list[int], context: int, rss_model: float) -> int:
-    """Peak RSS of 8 sequences of `context` tokens, against the KV layout's bound."""
+def peak_rss(engine: OnnxEngine, ids: list[int], context: int, rss_model: float, rows: int = 8) -> int:
+    """Peak RSS of `rows` sequences of `context` tokens, against the KV layout's bound."""
     m = engine.manifest
     bos = m.tokens.bos
     long_ids = (ids * (context // max(len(ids), 1) + 2))
-    prompts = [[bos] + long_ids[i:i + context - 17] for i in range(8)]
+    prompts = [[bos] + long_ids[i:i + context - 17] for i in range(rows)]
     fixed = GenParams(max_new_tokens=16, stop_on_eos=False, repetition_guard=False)
     t0 = time.perf_counter()
-    engine.generator.run(prompts, [fixed] * 8)
+    outs, timing = engine.generator.run(prompts, [fixed] * rows)
     wall = time.perf_counter() - t0
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
     t = m.text
     # The traced decoder keeps every layer's whole cache (and past beside present while a step runs).
-    kv = m.kv_bytes(context, batch=8) / 2**20 if getattr(engine, "continuous", False) else \
-        2 * t.num_layers * t.num_kv_heads * t.head_dim * 4 * context * 8 / 2**20
+    kv = m.kv_bytes(context, batch=rows) / 2**20 if getattr(engine, "continuous", False) else \
+        2 * t.num_layers * t.num_kv_heads * t.head_dim * 4 * context * rows / 2**20
     bound = (rss_model + kv) * 1.15
-    print(f"8 x {context} tokens: {wall:.1f} s, peak RSS {hwm:.0f} MB; model {rss_model:.0f} MB + KV {kv:.0f} MB "
-          f"+ 15 % = {bound:.0f} MB")
-    print(f"rss_context={context} peak_rss_mb={hwm:.0f} rss_model_mb={rss_model:.0f} kv_mb={kv:.0f} "
+    print(f"{rows} x {context} tokens: {wall:.1f} s (prefill {timing.prefill_ms / 1000:.1f} s), "
+          f"{sum(len(o.tokens) for o in outs)} tokens out, peak RSS {hwm:.0f} MB; "
+          f"model {rss_model:.0f} MB + KV {kv:.0f} MB + 15 % = {bound:.0f} MB")
+    print(f"rows={rows} rss_context={context} peak_rss_mb={hwm:.0f} rss_model_mb={rss_model:.0f} kv_mb={kv:.0f} "
           f"bound_mb={bound:.0f} within_bound={hwm <= bound}")
     return 0
 
@@ -126,6 +128,7 @@ def main() -> int:
     ap.add_argument("--decoder", default="auto", choices=["auto", "fused", "traced"])
     ap.add_argument("--mixed", type=int, default=0)
     ap.add_argument("--rss-context", type=int, default=0)
+    ap.add_argument("--rows", type=int, default=8, help="sequences for --rss-context")
     args = ap.parse_args()
     configure_logging("warning", "console")
     if args.model:
@@ -139,7 +142,7 @@ def main() -> int:
 
     rss0 = rss_mb()
     t0 = time.perf_counter()
-    context = args.rss_context + 64 if args.rss_context else 0
+    context = args.rss_context + 64 if args.rss_context else 0  # the engine caps it at the model's context
     engine = OnnxEngine(model, SessionSettings(provider=args.provider, threads=args.threads),
                         decode=DecodeSettings(decoder=args.decoder, slots=8, context=context))
     load_s = time.perf_counter() - t0
@@ -152,7 +155,7 @@ def main() -> int:
             "back from the night's fishing and writing their names in a worn notebook. ")
     ids = engine.tokenizer.encode(text * 40)
     if args.rss_context:
-        return peak_rss(engine, ids, args.rss_context, rss)
+        return peak_rss(engine, ids, args.rss_context, rss, args.rows)
     if args.mixed:
         return mixed(engine, ids, args.mixed)
     long_prompt = [engine.manifest.tokens.bos] + ids[:511]

@@ -221,3 +221,19 @@ def test_the_export_checks_the_fused_decoder_and_records_it() -> None:
     rep = m.parity["fused_vs_traced"]  # measured on the fp32 graphs, before quantization
     assert rep["max_abs_logit_diff"] < 1e-4 and rep["greedy_tokens_equal"]
     assert rep["prompts"] == 2 and rep["steps"] > 1
+
+
+def test_on_a_device_auto_keeps_the_traced_decoder(monkeypatch) -> None:
+    """The fused graph is fp32 and CUDA's GroupQueryAttention is fp16/bf16 only: on a device, auto
+    must not put the attention on the CPU behind the operator's back."""
+    import edged.engine.onnx as onnx_engine
+
+    real = onnx_engine.open_session
+
+    def as_if_cuda(path, settings, want):
+        sess, _ = real(path, settings, "cpu")
+        return sess, "cuda"
+    monkeypatch.setattr(onnx_engine, "open_session", as_if_cuda)
+    folder = built_model(TINY, weights="fp32")
+    engine = OnnxEngine(folder, SessionSettings(provider="cpu", threads=1))
+    assert isinstance(engine.generator, Generator) and not engine.continuous

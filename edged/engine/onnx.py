@@ -50,6 +50,13 @@ class OnnxEngine:
         fused = m.graphs.get("decoder_fused") if decode.decoder != "traced" and not m.graphs.get("vision") else None
         want, why = choose_provider(session)
         self.embed, got = open_session(model_dir / m.graph("embed"), session, want)
+        if fused and got != "cpu" and decode.decoder == "auto":
+            # CUDA registers GroupQueryAttention for fp16/bf16 only, and this graph is fp32 (bf16
+            # fused graphs are not built yet): its attention would fall back to the CPU.
+            log.info("fused_decoder_skipped", provider=got,
+                     detail="the fused decoder is fp32; on a device the traced decoder runs (model.decoder: fused"
+                            " forces it)")
+            fused = None
         self.decoder, got = open_session(model_dir / (fused or m.graph("decoder")), session, got)
         self.vision: Optional[ort.InferenceSession] = None
         if m.graphs.get("vision"):
