@@ -12,15 +12,18 @@ import torch
 from edged.models.graphs import kv_names
 
 
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxGreedy:
     """A minimal single-sequence greedy loop over embed + decoder graphs (no batching)."""
 
     def __init__(self, folder: Path, cfg: Any) -> None:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        cpu = ["CPUExecutionProvider"]
-        self.embed = ort.InferenceSession(str(folder / "embed_tokens.onnx"), opts, providers=cpu)
-        self.decoder = ort.InferenceSession(str(folder / "decoder_model_merged.onnx"), opts, providers=cpu)
+        self.embed = _session(folder / "embed_tokens.onnx")
+        self.decoder = _session(folder / "decoder_model_merged.onnx")
         self.names, _ = kv_names(cfg.num_hidden_layers)
         self.kv = (cfg.num_key_value_heads, cfg.head_dim)
         self.typed = "token_type_ids" in {i.name for i in self.decoder.get_inputs()}
@@ -59,11 +62,8 @@ class FusedGreedy:
     def __init__(self, folder: Path, cfg: Any) -> None:
         from edged.models.fused import NAME
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        cpu = ["CPUExecutionProvider"]
-        self.embed = ort.InferenceSession(str(folder / "embed_tokens.onnx"), opts, providers=cpu)
-        self.decoder = ort.InferenceSession(str(folder / NAME), opts, providers=cpu)
+        self.embed = _session(folder / "embed_tokens.onnx")
+        self.decoder = _session(folder / NAME)
         self.cfg = cfg
 
     def run(self, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
@@ -182,9 +182,7 @@ def vision_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, tokens: Any,
     """Image features, and logits over a prompt with an image, against Hugging Face."""
     from transformers.cache_utils import DynamicCache
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    vision = ort.InferenceSession(str(folder / "vision_encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    vision = _session(folder / "vision_encoder.onnx")
     n_img = model.config.mm_tokens_per_image
     gen = torch.Generator().manual_seed(7)
     pixels = torch.rand(1, 3, image_size, image_size, generator=gen) * 2 - 1
