@@ -29,6 +29,8 @@ from edged.throughput import BatchReport
 
 log = get_logger("edged.stream")
 
+IDLE_RECHECK_S = 0.5  # an empty queue is asked again after this, or at once when intake wakes the worker
+
 
 class WorkerSide(Protocol):
     """What the stream uses of the worker (worker.py): the same preparation and conclusion as a batch."""
@@ -64,6 +66,7 @@ class Stream:
         self.tickets: dict[int, tuple[int, int]] = {}  # engine ticket -> (job id, prompt index)
         self.solo: Optional[int] = None  # a job running alone: nothing joins it
         self.engine_ms = 0.0
+        self.idle_until = 0.0  # no claim before this (monotonic) unless intake wakes the worker
 
     def run(self) -> int:
         """Claim, step and settle until nothing is in flight and nothing more may be claimed; jobs handled."""
@@ -107,11 +110,15 @@ class Stream:
         free = self.engine.free_slots()
         if free <= 0:
             return 0
+        if time.monotonic() < self.idle_until and not w.control.wake.is_set():
+            return 0  # the queue was empty a moment ago: no two queries on every token's path
+        w.control.wake.clear()
         solo_next = w.queue.solo_waiting()
         if solo_next and self.open:
             return 0  # it runs alone once the rows in flight have ended
         jobs = w.queue.claim(free, mates=list(self.open))
         if not jobs:
+            self.idle_until = time.monotonic() + IDLE_RECHECK_S
             return 0
         if solo_next:
             self.solo = jobs[0].id  # claim() hands a solo job out alone
