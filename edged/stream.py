@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 from edged import tasks
+from edged.config import Settings
 from edged.control import Control
 from edged.engine.api import Engine, Generation, RequestError, StreamingEngine
 from edged.logs import get_logger
@@ -35,6 +36,7 @@ IDLE_RECHECK_S = 0.5  # an empty queue is asked again after this, or at once whe
 class WorkerSide(Protocol):
     """What the stream uses of the worker (worker.py): the same preparation and conclusion as a batch."""
 
+    settings: Settings
     queue: Queue
     settler: Settler
     control: Control
@@ -107,7 +109,8 @@ class Stream:
         w = self.w
         if self.solo is not None or w.control.stop.is_set() or not w.may_run():
             return 0
-        free = self.engine.free_slots()
+        # The slots are fixed at start-up; a lower live batch_size holds fewer rows in flight.
+        free = min(self.engine.free_slots(), w.settings.model.batch_size - self.engine.in_flight())
         if free <= 0:
             return 0
         if time.monotonic() < self.idle_until and not w.control.wake.is_set():

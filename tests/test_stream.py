@@ -174,3 +174,18 @@ def test_a_job_that_must_run_alone_gets_no_company(rig) -> None:
     assert seen and all(status == "done" for _, status in claims[1:])
     assert r.sql("SELECT lease_batch FROM jobs WHERE id = ?", solo_id) == [(1,)]
     assert r.sql("SELECT status, COUNT(*) FROM jobs GROUP BY status") == [("done", 4)]
+
+
+def test_a_lower_live_batch_size_holds_fewer_rows_than_the_slots(rig) -> None:
+    r = rig(slots=4, model={"batch_size": 2})
+    for i in range(6):
+        r.drop(f"translate/de/s{i}.txt", f"short text {i}")
+    seen: list[int] = []
+    step = r.engine.step
+
+    def watch():
+        seen.append(r.engine.in_flight())
+        return step()
+    r.engine.step = watch
+    assert r.worker.run_stream() == 6
+    assert max(seen) == 2 and r.engine.free_slots() == 4

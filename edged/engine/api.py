@@ -116,6 +116,10 @@ class StreamingEngine(Engine, Protocol):
 
     def free_slots(self) -> int: ...
 
+    def in_flight(self) -> int:
+        """Requests submitted and not ended."""
+        ...
+
     def abandon(self) -> None:
         """Drop every submitted request."""
         ...
