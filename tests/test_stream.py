@@ -51,6 +51,18 @@ class Rig:
         return dict(self.sql("SELECT j.source_path, r.output FROM jobs j JOIN results r ON r.job_id = j.id"))
 
 
+def _watch_steps(r: Rig) -> list[int]:
+    """The requests in flight at each engine step, recorded as the stream runs."""
+    seen: list[int] = []
+    step = r.engine.step
+
+    def watch():
+        seen.append(r.engine.in_flight())
+        return step()
+    r.engine.step = watch
+    return seen
+
+
 def _texts(n: int) -> list[str]:
     # Different lengths, so that answers end at different steps.
     return [" ".join(f"word{i}x{k}" for k in range(1 + (i * 7) % 23)) for i in range(n)]
@@ -153,13 +165,7 @@ def test_a_job_that_must_run_alone_gets_no_company(rig) -> None:
     (solo_id,) = r.sql("SELECT id FROM jobs ORDER BY id DESC LIMIT 1")[0]
     with r.parts.queue.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE jobs SET solo = 1 WHERE id = ?", (solo_id,))
-    seen: list[int] = []
-    step = r.engine.step
-
-    def watch():
-        seen.append(r.engine.in_flight())
-        return step()
-    r.engine.step = watch
+    seen = _watch_steps(r)
     claims: list[tuple[list[int], str]] = []
     claim = r.parts.queue.claim
 
@@ -180,12 +186,6 @@ def test_a_lower_live_batch_size_holds_fewer_rows_than_the_slots(rig) -> None:
     r = rig(slots=4, model={"batch_size": 2})
     for i in range(6):
         r.drop(f"translate/de/s{i}.txt", f"short text {i}")
-    seen: list[int] = []
-    step = r.engine.step
-
-    def watch():
-        seen.append(r.engine.in_flight())
-        return step()
-    r.engine.step = watch
+    seen = _watch_steps(r)
     assert r.worker.run_stream() == 6
     assert max(seen) == 2 and r.engine.free_slots() == 4

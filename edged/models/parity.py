@@ -98,13 +98,7 @@ class FusedGreedy:
 def fused_vs_traced(folder: Path, cfg: Any, steps: int = 12,
                     prompts: Optional[list[list[int]]] = None) -> dict[str, Any]:
     """The fused decoder against the traced one of the same folder (the same weights)."""
-    a, b = OnnxGreedy(folder, cfg), FusedGreedy(folder, cfg)
-    results = []
-    for prompt in prompts or sample_prompts(cfg):
-        la, ta = a.run(prompt, steps)
-        lb, tb = b.run(prompt, steps)
-        results.append(_compare(lb, la, tb, ta))
-    return _merge(results, steps)
+    return _versus(OnnxGreedy(folder, cfg), FusedGreedy(folder, cfg), cfg, steps, prompts)
 
 
 def torch_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
@@ -157,11 +151,15 @@ def onnx_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, steps: int = 1
 
 def quantized_vs_fp32(fp32: Path, quant: Path, cfg: Any, steps: int = 12,
                       prompts: Optional[list[list[int]]] = None) -> dict[str, Any]:
-    a, b = OnnxGreedy(fp32, cfg), OnnxGreedy(quant, cfg)
+    return _versus(OnnxGreedy(fp32, cfg), OnnxGreedy(quant, cfg), cfg, steps, prompts)
+
+
+def _versus(reference: Any, other: Any, cfg: Any, steps: int, prompts: Optional[list[list[int]]]) -> dict[str, Any]:
+    """Greedy runs of `other` against `reference` (both with .run(prompt, steps)) on the same prompts."""
     results = []
     for prompt in prompts or sample_prompts(cfg):
-        la, ta = a.run(prompt, steps)
-        lb, tb = b.run(prompt, steps)
+        la, ta = reference.run(prompt, steps)
+        lb, tb = other.run(prompt, steps)
         results.append(_compare(lb, la, tb, ta))
     return _merge(results, steps)
 
