@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 from sqlalchemy import Connection, Engine, exc
 
 from edged.pathnames import displayable, to_db
+from edged.store.attempts import begin_attempts, end_attempts
 from edged.store.backoff import backoff_delay
 from edged.store.db import read, run, write
 from edged.store.errors import StoreUnavailable
@@ -187,7 +188,7 @@ class Queue(FileRecords, Recovery):
         if row.status == FAILED:
             # Dropping a file again is how operators say "try this once more".
             run(conn, "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, next_run_at = :now,"
-                      " finished_at = NULL WHERE id = :id", now=job["now"], id=row.id)
+                      " finished_at = NULL, round = round + 1 WHERE id = :id", now=job["now"], id=row.id)
             return row.id, "requeued"
         return row.id, "attached"
 
@@ -220,6 +221,7 @@ class Queue(FileRecords, Recovery):
                 together = [r.id for r in rows] + list(mates)
                 run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(together),
                     ids=together)
+                begin_attempts(conn, [r.id for r in rows], params["now"])
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     def solo_waiting(self) -> bool:
@@ -266,6 +268,7 @@ class Queue(FileRecords, Recovery):
                       " ON CONFLICT (job_id) DO NOTHING",
                 id=job.id, task=job.task, output=result.output, model=job.model, prompt=result.prompt_tokens,
                 out=result.output_tokens, ms=result.duration_ms, now=now)
+            end_attempts(conn, [job.id], "done", now)
             if result.spawn:
                 self._spawn(conn, job, result, now)
         return bool(updated)
@@ -302,6 +305,8 @@ class Queue(FileRecords, Recovery):
                                 " WHERE id = :id AND status = 'running' AND lease_owner = :owner",
                           status=status, error=error, next=next_run, finished=iso(now) if final else None, id=job.id,
                           owner=self.owner).rowcount
+            if updated:
+                end_attempts(conn, [job.id], "failed" if final else "retry", iso(now), error)
         return status if updated else None
 
     def release(self, job_ids: Optional[Sequence[int]] = None) -> int:
@@ -315,16 +320,21 @@ class Queue(FileRecords, Recovery):
                " WHERE status = 'running' AND lease_owner = :owner")
         with write(self.engine) as conn:
             if job_ids is None:
-                return run(conn, sql, owner=self.owner).rowcount
-            return run(conn, sql + " AND id IN :ids", expanding=("ids",), owner=self.owner, ids=list(job_ids)).rowcount
+                back = run(conn, sql + " RETURNING id", owner=self.owner).scalars().all()
+            else:
+                back = run(conn, sql + " AND id IN :ids RETURNING id", expanding=("ids",), owner=self.owner,
+                           ids=list(job_ids)).scalars().all()
+            end_attempts(conn, list(back), "released", self.now(), "handed back untouched (not counted)")
+            return len(back)
 
     def requeue(self, job_ids: Sequence[int]) -> list[int]:
         """Operator retry of failed jobs: a fresh set of attempts. Returns the ids requeued."""
         done: list[int] = []
         with write(self.engine) as conn:
             for jid in job_ids:
+                # A new round: the attempts start again, earlier rounds stay in job_attempts.
                 if run(conn, "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, error = NULL,"
-                             " next_run_at = :now, finished_at = NULL, started_at = NULL"
+                             " next_run_at = :now, finished_at = NULL, started_at = NULL, round = round + 1"
                              " WHERE id = :id AND status = 'failed'", now=self.now(), id=jid).rowcount:
                     done.append(jid)
         return done

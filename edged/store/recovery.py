@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from sqlalchemy import Connection, Engine
 
+from edged.store.attempts import end_attempts
 from edged.store.backoff import backoff_delay
 from edged.store.db import run, write
 from edged.store.states import Recovered
@@ -68,6 +69,7 @@ class Recovery:
             return run(conn, statement, expanding, **params)
 
         alone = "COALESCE(lease_batch, 2) <= 1"
+        orphans = {job_id: bool(solo) for job_id, solo in sql(f"SELECT id, {alone} FROM jobs WHERE {cond}").all()}
         # Batch-mates: the crash was not theirs, the attempt is given back.
         sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND NOT {alone}")
         if cause is None:
@@ -93,4 +95,20 @@ class Recovery:
                        f" lease_pid = NULL, lease_expires_at = NULL WHERE {cond}").rowcount
         for job_id, when in later.items():
             run(conn, "UPDATE jobs SET next_run_at = :when WHERE id = :id", when=when, id=job_id)
+        self._record_orphans(conn, orphans, cause, iso(now))
         return Recovered(requeued, failed)
+
+    @staticmethod
+    def _record_orphans(conn: Connection, orphans: dict[int, bool], cause: Optional[str], now: str) -> None:
+        """Close the attempts the dead worker left open: failed for good, or interrupted (and whether counted)."""
+        if not orphans:
+            return
+        gone = run(conn, "SELECT id, error FROM jobs WHERE id IN :ids AND status = 'failed'", ("ids",),
+                   ids=list(orphans)).all()
+        for job_id, error in gone:
+            end_attempts(conn, [job_id], "failed", now, error)
+        what = f"the worker {cause}" if cause else "the worker process died, cause unknown"
+        given_back = [j for j, alone in orphans.items() if not (alone and cause)]
+        charged = [j for j, alone in orphans.items() if alone and cause]
+        end_attempts(conn, given_back, "interrupted", now, f"{what}; the attempt was not counted")
+        end_attempts(conn, charged, "interrupted", now, f"{what} while it ran alone; the attempt was counted")

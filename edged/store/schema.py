@@ -139,6 +139,26 @@ MIGRATIONS: list[list[str]] = [
         # recorded): a SIGKILL from outside looks the same, so these count apart.
         "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
     ],
+    # v5: every attempt of a job, kept across `edged retry` (which resets jobs.attempts and
+    # jobs.error): a round is one set of attempts, and each operator retry (or the same file
+    # dropped again after a failure) starts the next. History begins with this migration.
+    [
+        "ALTER TABLE jobs ADD COLUMN round INTEGER NOT NULL DEFAULT 1",
+        """
+        CREATE TABLE job_attempts (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            round INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'running'
+                CHECK (outcome IN ('running', 'done', 'retry', 'failed', 'released', 'interrupted')),
+            error TEXT
+        )
+        """,
+        "CREATE INDEX job_attempts_job ON job_attempts (job_id, id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
