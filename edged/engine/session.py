@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edged.engine import placement
+from edged.engine import cuda, placement
 from edged.engine.api import ModelUnavailable
 from edged.logs import get_logger
 
@@ -41,33 +41,18 @@ def _options(s: SessionSettings) -> ort.SessionOptions:
     return opts
 
 
-def _preload_cuda() -> None:
-    """Load CUDA/cuDNN from the nvidia-* pip packages when that is where they are (ORT >= 1.21).
-
-    Without it, a box whose CUDA libraries came from pip rather than the system finds none
-    and silently runs on the CPU.
-    """
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    try:
-        preload()
-    except Exception as exc:  # a missing library shows up as a CPU session later
-        log.debug("cuda_preload_failed", error=str(exc))
-
-
 def choose_provider(s: SessionSettings) -> tuple[str, str]:
-    """(provider to try, why). 'offered' is not 'working': the session decides in the end."""
-    offered = ort.get_available_providers()
+    """(provider to try, why). CUDA is tried only where the probe found it can work (cuda.py)."""
     if s.provider == "cpu":
         return "cpu", "model.provider is cpu"
-    if "CUDAExecutionProvider" in offered:
-        _preload_cuda()
-        return "cuda", "onnxruntime offers CUDAExecutionProvider"
+    found = cuda.probe()
+    if found.noise:
+        log.debug("cuda_probe_output", output=found.noise.strip()[-2000:])
+    if found.usable:
+        return "cuda", found.reason
     if s.provider == "cuda":
-        raise ModelUnavailable(f"model.provider is cuda but onnxruntime {ort.__version__} offers only {offered}"
-                               " (install onnxruntime-gpu and the CUDA libraries)")
-    return "cpu", f"onnxruntime offers no CUDA provider ({', '.join(offered)})"
+        raise ModelUnavailable(f"model.provider is cuda, but {found.reason}")
+    return "cpu", found.reason
 
 
 def _create(path: Path, s: SessionSettings, providers: list[str], report: bool) -> tuple[ort.InferenceSession, str]:

@@ -1,0 +1,73 @@
+"""The CUDA probe: `provider: auto` picks the CPU on a box without CUDA, quietly, saying why."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from conftest import REPO, DaemonProcess
+from edged.engine import cuda
+from edged.engine.api import ModelUnavailable
+from edged.engine.session import SessionSettings, choose_provider
+from model_cache import built_model
+
+# ONNX Runtime's own log format ("[E:onnxruntime:Default, provider_bridge_ort.cc:…]"), and
+# what preload_dlls prints for a missing library.
+ORT_NOISE = re.compile(r"\[[EWF]:onnxruntime|Failed to (load|create)|CUDAExecutionProvider.*Require")
+
+
+def test_native_writes_are_caught_not_printed(capfd) -> None:
+    with cuda.quiet_fds() as text:
+        os.write(2, b"\x1b[1;31m[E:onnxruntime:Default] boom\x1b[m\n")
+        os.write(1, b"Failed to load libx.so\n")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert text == ["[E:onnxruntime:Default] boom\nFailed to load libx.so\n"]
+
+
+@pytest.fixture
+def cuda_offered(monkeypatch, tmp_path: Path) -> Path:
+    """ORT says it offers CUDA; its provider library is one that cannot load (as without CUDA)."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    lib = tmp_path / "libonnxruntime_providers_cuda.so"
+    lib.write_bytes(b"not an ELF file")
+    monkeypatch.setattr(cuda, "_provider_library", lambda: lib)
+    return lib
+
+
+def test_offered_but_unloadable_cuda_means_cpu_with_the_reason(cuda_offered: Path, capfd) -> None:
+    found = cuda.probe()
+    assert not found.usable and "the CUDA provider cannot load" in found.reason
+    want, why = choose_provider(SessionSettings(provider="auto"))
+    assert (want, why) == ("cpu", found.reason)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_required_cuda_that_cannot_work_is_a_model_error(cuda_offered: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="model.provider is cuda, but the CUDA provider cannot load"):
+        choose_provider(SessionSettings(provider="cuda"))
+
+
+def test_no_cuda_provider_at_all(monkeypatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert choose_provider(SessionSettings()) == ("cpu", f"onnxruntime {ort.__version__} offers no CUDA provider"
+                                                         " (CPUExecutionProvider)")
+
+
+def test_edged_run_with_provider_auto_prints_no_onnxruntime_line(daemon_factory) -> None:
+    """The noise check of the issue, on this CPU-only box with whichever onnxruntime is installed."""
+    model = built_model(f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}", weights="fp32")
+    d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(model), "provider": "auto"})
+    d.start()
+    assert d.stop() == 0
+    lines = d.log_path.read_text().splitlines()
+    assert lines and not [ln for ln in lines if ORT_NOISE.search(ln)], lines
+    records = [json.loads(ln) for ln in lines]  # every line is one of edged's records
+    loaded = next(r for r in records if r["event"] == "model_loaded")
+    assert loaded["provider"] == "cpu" and loaded["reason"]
