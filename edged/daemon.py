@@ -7,6 +7,7 @@ the order things start and stop in, and which part each scheduled job calls.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -242,16 +243,28 @@ class Daemon:
     # -- SIGHUP --------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Take on the config file's live keys; name the ones that wait for a restart."""
-        old = self.settings
+        """Take on the config file's live keys; name the ones that wait for a restart.
+
+        The outcome goes to the runtime table (`reload`), where `edged reload` (the unit's
+        ExecReload) waits for it, so that `systemctl reload edged` returns once it is done
+        and fails when the file was refused."""
+        self.notify.reloading()
+        outcome: dict[str, Any] = {"at": time.time(), "ok": True}
         try:
-            new = load_config(old.source) if old.source else None
+            outcome.update(self._reload())
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc), detail="the running configuration stays in force")
-            return
-        if new is None:
+            outcome.update(ok=False, error=str(exc))
+        if self.parts is not None:
+            self.parts.facts.publish(reload=outcome)
+        self.notify.ready("configuration reloaded" if outcome["ok"] else "reload refused; running configuration kept")
+
+    def _reload(self) -> dict[str, Any]:
+        old = self.settings
+        if old.source is None:
             log.warning("reload_ignored", detail="settings did not come from a file")
-            return
+            return {"ignored": True}
+        new = load_config(old.source)
         changes = changed_keys(old, new)
         restart = [k for k in changes if needs_restart(k)]
         live = {k: {"old": a, "new": b} for k, (a, b) in changes.items() if k not in restart}
@@ -259,6 +272,7 @@ class Daemon:
         log.info("config_reloaded", source=str(old.source), changed=live or None,
                  restart_needed=restart or None,
                  detail="restart the service for the keys in restart_needed" if restart else None)
+        return {"changed": sorted(live), "restart_needed": restart}
 
     def _apply(self, s: Settings) -> None:
         """Each part takes its own share of the new settings."""

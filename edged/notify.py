@@ -60,5 +60,10 @@ class Notifier:
             self._last_ping = now
             self.send(WATCHDOG=1)
 
+    def reloading(self) -> None:
+        """Between this and the next READY=1 systemd shows the unit as "reloading"."""
+        usec = int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6)
+        self.send(RELOADING=1, MONOTONIC_USEC=usec, STATUS="reloading the configuration")
+
     def stopping(self) -> None:
         self.send(STOPPING=1, STATUS="stopping")

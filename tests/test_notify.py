@@ -113,3 +113,21 @@ def test_tmpfiles_make_the_spool_as_the_readme_says(tmp_path: Path) -> None:
                      "inbox/translate": "0o2770", "done": "0o2750", "failed": "0o2750", "out": "0o2750"}
     for task in ("caption", "ocr", "translate"):
         assert "system.posix_acl_default" in os.listxattr(spool / "inbox" / task)
+
+
+def test_sighup_is_reloading_then_ready(daemon_factory, tmp_path: Path) -> None:
+    """RELOADING=1 (with MONOTONIC_USEC, as sd_notify(3) asks) and READY=1 once the reload is done."""
+    listener = Listener(tmp_path / "notify.sock")
+    d: DaemonProcess = daemon_factory()
+    env = d.env()
+    env.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    d.env = lambda: env  # type: ignore[method-assign]
+    d.start()
+    listener.drain(0.5)
+    before = len(listener.messages)
+    d.reconfigure(log={"level": "debug"})
+    listener.drain(1.0)
+    after = [m for _, m in listener.messages[before:]]
+    assert "RELOADING=1" in after[0] and "MONOTONIC_USEC=" in after[0], after
+    assert any(m.startswith("READY=1") for m in after[1:]), after
+    assert d.stop() == 0

@@ -13,6 +13,8 @@ import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import yaml
+
 from conftest import DaemonProcess
 
 
@@ -111,6 +113,28 @@ def test_sighup_reload_uses_the_new_prompt_for_the_next_job(daemon_factory) -> N
     d.config_path.write_text("model: [not, a, mapping\n")
     d.proc.send_signal(signal.SIGHUP)
     d.wait_for_event("reload_failed")
+    assert d.stop() == 0
+
+
+def _edged(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edged", *args, "-c", str(d.config_path)], capture_output=True,
+                          text=True, env=d.env(), timeout=120)
+
+
+def test_edged_reload_returns_once_the_daemon_has_reloaded_and_fails_on_a_refused_file(daemon_factory) -> None:
+    """The unit's ExecReload: `systemctl reload` must wait for the reload and report a refusal."""
+    d = daemon_factory(model={"options": {"mode": "echo"}})
+    d.start()
+    d.config["model"]["batch_size"] = 2
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    res = _edged(d, "reload")
+    assert res.returncode == 0, res.stderr
+    assert "changed model.batch_size" in res.stdout
+    assert d.last_event("config_reloaded")["changed"]["model.batch_size"]["new"] == 2  # done when it returned
+    d.config["model"]["batch_size"] = -1
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    res = _edged(d, "reload", "--pid", str(d.proc.pid))
+    assert res.returncode == 3 and "reload refused" in res.stderr and "model.batch_size" in res.stderr
     assert d.stop() == 0
 
 

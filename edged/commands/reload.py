@@ -1,0 +1,54 @@
+"""`edged reload`: SIGHUP to the daemon, then wait until it says how the reload went.
+
+The unit's ExecReload. systemd 252 (Debian 12) has no Type=notify-reload, and a bare
+`kill -HUP` returns at once: `systemctl reload` would report success before the file was
+even read, and a refused file would go unnoticed. The daemon records each reload's outcome
+in the runtime table (and tells systemd RELOADING=1 … READY=1 meanwhile); this waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+from edged.commands import command_parts
+from edged.config import Settings
+from edged.exitcodes import CliError, ExitCode
+from edged.store.stats import Stats
+
+
+def _runtime(settings: Settings) -> dict[str, Any]:
+    return Stats(command_parts(settings, "read").queue.engine).runtime()
+
+
+def reload(settings: Settings, pid: Optional[int], timeout: float) -> ExitCode:
+    if pid is None:
+        pid = _runtime(settings).get("pid")
+        if not isinstance(pid, int):
+            raise CliError("no daemon has run on this database (no pid recorded)", ExitCode.NOT_FOUND)
+    t0 = time.time()
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CliError(f"no daemon runs as pid {pid}", ExitCode.NOT_FOUND) from None
+    except PermissionError:
+        raise CliError(f"may not signal pid {pid}: run as its user or root", ExitCode.NO_ACCESS) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = _runtime(settings).get("reload")
+        if isinstance(outcome, dict) and float(outcome.get("at", 0)) >= t0:
+            if not outcome.get("ok"):
+                print(f"edged: reload refused, the running configuration stays: {outcome.get('error')}",
+                      file=sys.stderr)
+                return ExitCode.CONFIG
+            changed = ", ".join(outcome.get("changed") or []) or "nothing"
+            print(f"reloaded: changed {changed}")
+            if outcome.get("restart_needed"):
+                print(f"these keys wait for a restart: {', '.join(outcome['restart_needed'])}")
+            return ExitCode.OK
+        time.sleep(0.2)
+    # The worker takes the reload between engine calls; one call may be long on a slow box.
+    raise CliError(f"pid {pid} did not finish the reload within {timeout:.0f} s", ExitCode.ERROR)
