@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -37,7 +38,7 @@ def cmd_init(args: argparse.Namespace) -> ExitCode:
 def cmd_submit(args: argparse.Namespace) -> ExitCode:
     from edged.commands.submit import submit
 
-    return submit(_settings(args), [Path(f) for f in args.files], args.task, args.lang)
+    return submit(_settings(args), [Path(f) for f in args.files], args.task, args.lang, name=args.name)
 
 
 def cmd_status(args: argparse.Namespace) -> ExitCode:
@@ -56,7 +57,16 @@ def cmd_results(args: argparse.Namespace) -> ExitCode:
     settings = _settings(args)
     with as_database_owner(settings):
         return results(settings, task=args.task, since=args.since, status=args.status, fmt=args.format,
-                       limit=args.limit)
+                       limit=args.limit, follow=args.follow)
+
+
+def cmd_show(args: argparse.Namespace) -> ExitCode:
+    from edged.commands import as_database_owner
+    from edged.commands.show import show
+
+    settings = _settings(args)
+    with as_database_owner(settings):
+        return show(settings, args.job_id, as_json=args.json)
 
 
 def cmd_retry(args: argparse.Namespace) -> ExitCode:
@@ -68,6 +78,18 @@ def cmd_retry(args: argparse.Namespace) -> ExitCode:
     settings = _settings(args)
     with as_database_owner(settings):
         return retry(settings, args.job_ids, all_failed=args.failed)
+
+
+def cmd_reload(args: argparse.Namespace) -> ExitCode:
+    from edged.commands import as_database_owner
+    from edged.commands.reload import reload
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:  # the daemon would refuse it too: say so without signalling it
+        raise ConfigError(f"reload refused, the running configuration stays: {exc}") from None
+    with as_database_owner(settings):
+        return reload(settings, args.pid, args.timeout)
 
 
 def cmd_note_exit(args: argparse.Namespace) -> ExitCode:
@@ -192,9 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
 
     p = verb("submit", cmd_submit, "copy files into the inbox atomically and queue them; prints job ids")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="files, folders (their files, recursively, under the folder's name) or - (standard input)")
     p.add_argument("--task", "-t", required=True, choices=TASK_NAMES)
     p.add_argument("--lang", "-l", help="target language for translate (BCP-47, e.g. de, pt-BR)")
+    p.add_argument("--name", help="file name for what - reads from standard input (default: stdin-<UTC time>"
+                                  " with .txt for translate, else the image format's extension)")
 
     p = verb("status", cmd_status, "queue counts, oldest queued job, last hour's throughput")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -203,12 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASK_NAMES)
     p.add_argument("--since", help="only jobs finished since: 30m, 2h, 7d or an ISO-8601 time (UTC)")
     p.add_argument("--status", choices=["queued", "running", "done", "failed"])
-    p.add_argument("--format", choices=["table", "json", "jsonl"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
+                   help="table (fits the terminal; whole outputs when not a terminal), csv (a header row, whole"
+                        " outputs), json, jsonl")
     p.add_argument("--limit", type=int, default=50, help="at most N rows, newest first (0: all)")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="then keep printing jobs as they finish, until Ctrl-C")
+
+    p = verb("show", cmd_show, "one job whole: its fields, files, result, parent and children, and every attempt")
+    p.add_argument("job_id", type=int, metavar="JOB")
+    p.add_argument("--json", action="store_true", help="machine-readable output (times in UTC)")
 
     p = verb("retry", cmd_retry, "queue failed jobs again (their files move back from failed/ to the inbox)")
     p.add_argument("job_ids", nargs="*", type=int, metavar="JOB_ID")
     p.add_argument("--failed", action="store_true", help="retry every failed job")
+
+    p = verb("reload", cmd_reload, "make the daemon read its config again, and wait until it has (the unit's"
+             " ExecReload; exits 3 when the file was refused)")
+    p.add_argument("--pid", type=int, help="the daemon's pid (default: the one it recorded)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for it (default 300)")
 
     _model_parser(sub, common)
 
@@ -224,9 +262,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
-    except EdgedError as exc:  # the one handler: each error carries its exit code
-        print(f"edged: {exc}", file=sys.stderr)
-        return int(exc.code)
-    except KeyboardInterrupt:
-        return int(ExitCode.INTERRUPTED)
+        try:
+            code = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored"
+            return code
+        except EdgedError as exc:  # the one handler: each error carries its exit code
+            print(f"edged: {exc}", file=sys.stderr)
+            return int(exc.code)
+        except KeyboardInterrupt:
+            return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (`edged results | head`): what is left to print has no one to
+        # read it. Point stdout at /dev/null so that the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return int(ExitCode.OK)
