@@ -92,6 +92,13 @@ def cmd_reload(args: argparse.Namespace) -> ExitCode:
         return reload(settings, args.pid, args.timeout)
 
 
+def cmd_install_service(args: argparse.Namespace) -> ExitCode:
+    from edged.commands.service import install_service
+
+    return install_service(Path(args.root), config=args.config_path, spool=args.spool, bin_path=args.bin,
+                           enable=args.enable)
+
+
 def cmd_note_exit(args: argparse.Namespace) -> ExitCode:
     """ExecStopPost: keep systemd's word on how the daemon ended, for crash attribution."""
     from edged.death import record_exit
@@ -135,14 +142,22 @@ def cmd_model(args: argparse.Namespace) -> ExitCode:
         return model.build_default(out, args.force)
     if args.model_verb == "import":
         return model.import_release(Path(args.dir), Path(args.out), args.dtype, args.name)
+    if args.model_verb == "pull":
+        models_dir = None if args.out else _settings(args).state_dir / "models"
+        return model.pull(args.name, Path(args.out) if args.out else None, models_dir, args.dtype, args.file,
+                          args.revision, args.sha256, args.endpoint)
+    if args.model_verb == "list":
+        settings = _settings(args)
+        return model.list_models(settings.state_dir / "models", settings.model_dir, settings.model.engine,
+                                 settings.source, args.json)
     if args.model_verb == "verify":
         return model.verify(Path(args.dir), args.prompt, args.tokens)
     return model.info(Path(args.dir), args.json)
 
 
 def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("model", help="export, build, import, verify and describe models",
-                       description="export, build, import, verify and describe models")
+    p = sub.add_parser("model", help="export, build, import, pull, list, verify and describe models",
+                       description="export, build, import, pull, list, verify and describe models")
     p.set_defaults(func=cmd_model)
     msub = p.add_subparsers(dest="model_verb", metavar="ACTION", required=True)
     e = msub.add_parser("export", help="export a Gemma 3 model to int4/int8/fp16/fp32 ONNX",
@@ -179,6 +194,21 @@ def _model_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     i.add_argument("--out", required=True, metavar="DIR")
     i.add_argument("--dtype", default="q4", help="variant: q4, q4f16, fp16, quantized, fp32 (default q4)")
     i.add_argument("--name")
+    pl = msub.add_parser("pull", parents=[common], help="download a published ONNX release or a GGUF and install it",
+                         description="NAME: a Hugging Face repository id (onnx-community/gemma-3-4b-it-ONNX), a hub"
+                                     " URL, or the URL of a .gguf file. Resumes an interrupted download, checks every"
+                                     " file's checksum, installs nothing unless all of it checked. $HF_TOKEN: the"
+                                     " token for gated repositories (Gemma: accept its licence on the hub first);"
+                                     " $HF_ENDPOINT: another hub.")
+    pl.add_argument("name", metavar="NAME")
+    pl.add_argument("--out", metavar="DIR", help="model folder (default: <state_dir>/models/<name> from the config)")
+    pl.add_argument("--dtype", default="q4", help="release variant: q4, q4f16, fp16, quantized, fp32 (default q4)")
+    pl.add_argument("--file", metavar="PATTERN", help="which GGUF of a repository (fnmatch, e.g. '*Q4_K_M.gguf')")
+    pl.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit (default main)")
+    pl.add_argument("--sha256", metavar="HEX", help="the file's sha256, for a plain URL whose server gives none")
+    pl.add_argument("--endpoint", metavar="URL", help="the hub (default: $HF_ENDPOINT, else https://huggingface.co)")
+    ls = msub.add_parser("list", parents=[common], help="installed models, their size and tasks, and the one in use")
+    ls.add_argument("--json", action="store_true")
     v = msub.add_parser("verify", help="checksums, graph inputs and outputs, one short generation")
     v.add_argument("dir")
     v.add_argument("--prompt", default="The capital of France is")
@@ -247,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
              " ExecReload; exits 3 when the file was refused)")
     p.add_argument("--pid", type=int, help="the daemon's pid (default: the one it recorded)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for it (default 300)")
+
+    p = sub.add_parser("install-service", help="install the systemd unit, the edged account and the spool folders"
+                       " (as root)", description="write the unit (with this install's paths), sysusers.d and"
+                       " tmpfiles.d entries and a config, make the account and folders with systemd's tools, and"
+                       " print what was done")
+    p.set_defaults(func=cmd_install_service)
+    p.add_argument("--root", default="/", help="install into this tree instead of / (an image, a test)")
+    p.add_argument("--config", dest="config_path", default="/etc/edged/config.yaml",
+                   help="where the config lives (written from config.example.yaml only when absent)")
+    p.add_argument("--spool", default="/var/spool/edged", help="the spool folder (default /var/spool/edged)")
+    p.add_argument("--bin", help="the edged program the unit starts (default: the one of this install)")
+    p.add_argument("--enable", action="store_true", help="also systemctl enable --now edged")
 
     _model_parser(sub, common)
 
