@@ -76,7 +76,8 @@ def test_the_installed_unit_verifies_and_stays_hardened(installed) -> None:
     doc = re.search(r"^Documentation=file://(\S+)$", unit, re.M)
     assert doc and (root / doc.group(1).lstrip("/")).is_file()
     dropin = (units / "edged.service.d" / "devices.conf").read_text()
-    assert {"/dev/nvmap", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0/ctrl"} <= set(re.findall(r"DeviceAllow=(\S+)", dropin))
+    allowed = set(re.findall(r"DeviceAllow=(\S+)", dropin))
+    assert {"/dev/nvmap", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0/ctrl"} <= allowed
     # The unit with its drop-in, as systemd loads it.
     res = subprocess.run(["systemd-analyze", "verify", str(units / "edged.service")], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
