@@ -12,8 +12,9 @@ from edged.engine.loader import model_name
 from edged.exitcodes import ExitCode
 from edged.lock import StateLock
 from edged.store import DatabaseMissing
-from edged.store.queries import queue_summary, throughput_since
+from edged.store.queries import finished_between, queue_summary, throughput_since
 from edged.store.stats import Stats
+from edged.timeutil import local_time, relative
 from edged.wiring import lock_path
 
 
@@ -29,20 +30,26 @@ def _age(seconds: float | None) -> str:
 def _empty() -> dict[str, Any]:
     zero = {"queued": 0, "running": 0, "done": 0, "failed": 0}
     return {"jobs": zero, "by_task": {}, "files_in_inbox": 0, "files_unsettled": 0, "files_left_in_inbox": 0,
-            "oldest_queued_at": None, "oldest_queued_age_s": None,
-            "last_hour": {"done": 0, "failed": 0, "jobs_per_min": 0.0, "output_tokens": 0, "output_tok_per_s": None}}
+            "oldest_queued_at": None, "oldest_queued_age_s": None, "waiting_for_retry": 0, "next_retry_at": None,
+            "last_hour": {"since": None, "until": None, "done": 0, "failed": 0, "jobs_per_min": 0.0,
+                          "output_tokens": 0, "output_tok_per_s": None}}
 
 
 def collect(settings: Settings) -> dict[str, Any]:
     try:
         parts = command_parts(settings, "read")
     except DatabaseMissing as exc:
-        info, daemon, throughput = _empty(), {}, {"periods": 0}
+        throughput: dict[str, Any] = {"periods": 0}
+        info, daemon = _empty(), {}
         info["database"] = str(exc)
     else:
         info = queue_summary(parts.queue.engine)
         daemon = Stats(parts.queue.engine).runtime()
         throughput = throughput_since(parts.queue.engine, hours=1)
+        if throughput["periods"]:
+            # The same window from the jobs table: the two agree where their windows do.
+            throughput["jobs_table"] = finished_between(parts.queue.engine, throughput["window_start"],
+                                                        throughput["window_end"])
     info["model"] = model_name(settings.model, settings.model_dir)
     holder = StateLock(lock_path(settings)).holder()
     daemon["running"] = holder is not None
@@ -75,6 +82,10 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     hour = info["last_hour"]
     print()
     print(f"oldest queued job   {_age(info['oldest_queued_age_s'])}")
+    if info["waiting_for_retry"]:
+        nxt = info["next_retry_at"]
+        print(f"waiting for retry   {info['waiting_for_retry']} queued after a failure; the next at"
+              f" {local_time(nxt)} ({relative(nxt)})")
     print(f"files in inbox      {info['files_in_inbox']}")
     if info["files_unsettled"]:
         print(f"files not moved     {info['files_unsettled']} finished, but their move out of the inbox failed"
@@ -82,16 +93,20 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     if info["files_left_in_inbox"]:
         print(f"files left in inbox {info['files_left_in_inbox']} copied to done/ or failed/: the daemon may not"
               " remove them from their folder (see the README on producers)")
-    print(f"last hour           {hour['done']} done, {hour['failed']} failed, {hour['jobs_per_min']} jobs/min, "
-          f"{hour['output_tokens']} output tokens"
+    since = f"{local_time(hour['since'])[11:]} to now" if hour.get("since") else "last 60 min"
+    print(f"last hour           ({since}, from the jobs) {hour['done']} done, {hour['failed']} failed,"
+          f" {hour['jobs_per_min']} jobs/min, {hour['output_tokens']} output tokens"
           + (f", {hour['output_tok_per_s']} tok/s of model time" if hour["output_tok_per_s"] else ""))
     d = info["daemon"]
     t = info["throughput_last_hour"]
     if t["periods"]:
-        print(f"measured, last hour {t['jobs_done']} done, {t['jobs_failed']} failed, "
-              f"{t['output_tokens']} output tokens, {t['output_tok_per_s'] or '-'} tok/s in the engine, "
-              f"engine busy {t['engine_busy_pct']}%")
-    running = f"running (pid {d.get('pid')}, since {d.get('started_at')})" if d["running"] else "not running"
+        # The daemon writes a row when a period ends: this window stops at the last row written.
+        window = f"{local_time(t['window_start'])[11:19]} to {local_time(t['window_end'])[11:]}"
+        print(f"measured            ({window}, {t['periods']} summary periods) {t['jobs_done']} done,"
+              f" {t['jobs_failed']} failed, {t['output_tokens']} output tokens,"
+              f" {t['output_tok_per_s'] or '-'} tok/s in the engine, engine busy {t['engine_busy_pct']}%")
+    running = (f"running (pid {d.get('pid')}, since {local_time(d.get('started_at'))})" if d["running"]
+               else "not running")
     print(f"daemon              {running}")
     provider = f" on {d['provider']}" if d.get("provider") else ""
     print(f"model               {d.get('model') or info['model']}{provider}")
@@ -100,6 +115,7 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
         print(f"intake              PAUSED: low disk space ({low or str(d.get('spool_free_mb')) + ' MB free'}, "
               f"below spool.min_free_mb {d.get('min_free_mb')})")
     if d.get("processing_open") is False:
-        print(f"processing          waiting: outside the processing windows (next opening {d.get('next_opening')})")
+        print(f"processing          waiting: outside the processing windows (next opening"
+              f" {local_time(d.get('next_opening'))})")
     print(f"spool               {info['spool_dir']} ({info['spool_free_mb']} MB free)")
     return ExitCode.OK

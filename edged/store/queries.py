@@ -23,6 +23,9 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
             by_task.setdefault(task, dict.fromkeys(totals, 0))[status] = n
             totals[status] += n
         oldest = run(conn, "SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").scalar()
+        # Queued, but not before a time ahead: they failed (or their worker died) and wait for a retry.
+        waiting, next_retry = run(conn, "SELECT COUNT(*), MIN(next_run_at) FROM jobs WHERE status = 'queued'"
+                                        " AND next_run_at > :now", now=iso(now)).one()
         done, failed = run(conn, "SELECT COUNT(CASE WHEN status = 'done' THEN 1 END),"
                                  " COUNT(CASE WHEN status = 'failed' THEN 1 END) FROM jobs WHERE finished_at >= :since",
                            since=hour_ago).one()
@@ -44,7 +47,11 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
         "files_left_in_inbox": left,
         "oldest_queued_at": oldest,
         "oldest_queued_age_s": round(oldest_age, 1) if oldest_age is not None else None,
+        "waiting_for_retry": waiting,
+        "next_retry_at": next_retry,
         "last_hour": {
+            "since": hour_ago,
+            "until": iso(now),
             "done": done,
             "failed": failed,
             "jobs_per_min": round(done / 60.0, 2),
@@ -56,12 +63,17 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
 
 
 def throughput_since(engine: Engine, hours: float, now: Optional[datetime] = None) -> dict[str, Any]:
-    """Totals of the daemon's own throughput rows over the last `hours`."""
+    """Totals of the daemon's own throughput rows of the periods that began in the last `hours`.
+
+    A row is written when its period ends, so these figures cover [window_start, window_end]:
+    the period in progress is not in them yet. Periods that began before the window are left
+    out whole (counting one by its end, as before, shifted the window back by a period).
+    """
     now = now or utcnow()
     with read(engine) as conn:
         row = run(conn, "SELECT COUNT(*), COALESCE(SUM(jobs_done), 0), COALESCE(SUM(jobs_failed), 0),"
                         " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(engine_ms), 0), MIN(period_start),"
-                        " MAX(period_end) FROM throughput WHERE period_end >= :since",
+                        " MAX(period_end) FROM throughput WHERE period_start >= :since",
                   since=iso(now - timedelta(hours=hours))).one()
     periods, done, failed, tokens, busy_ms, start, end = row
     span = (parse_iso(end) - parse_iso(start)).total_seconds() if start and end else 0
@@ -69,6 +81,7 @@ def throughput_since(engine: Engine, hours: float, now: Optional[datetime] = Non
         "periods": periods, "jobs_done": done, "jobs_failed": failed, "output_tokens": tokens,
         "output_tok_per_s": round(tokens / (busy_ms / 1000), 2) if busy_ms else None,
         "engine_busy_pct": round(100 * busy_ms / 1000 / span, 1) if span else None,
+        "window_start": start, "window_end": end,
     }
 
 
@@ -79,10 +92,11 @@ def list_results(
     status: Optional[str] = None,
     since: Optional[datetime] = None,
     limit: Optional[int] = 50,
+    now: Optional[datetime] = None,
 ) -> list[dict[str, Any]]:
-    """Finished (or, with `status`, any) jobs with their result, newest first."""
+    """Finished jobs, and those waiting for a retry (or, with `status`, any), with their result, newest first."""
     where: list[str] = []
-    args: dict[str, Any] = {}
+    args: dict[str, Any] = {"now": iso(now or utcnow())}
     if task:
         where.append("j.task = :task")
         args["task"] = task
@@ -90,13 +104,14 @@ def list_results(
         where.append("j.status = :status")
         args["status"] = status
     else:
-        where.append("j.status IN ('done', 'failed')")
+        # A job that failed and waits for its retry has something to show too: its last error.
+        where.append("(j.status IN ('done', 'failed') OR (j.status = 'queued' AND j.next_run_at > :now))")
     if since:
         where.append("COALESCE(j.finished_at, j.created_at) >= :since")
         args["since"] = iso(since)
     sql = (
         "SELECT j.id AS job_id, j.task, j.status, j.source_path, j.params, j.sha256, j.attempts, j.error,"
-        " j.created_at, j.finished_at, r.output, COALESCE(r.model, j.model) AS model, r.prompt_tokens,"
+        " j.created_at, j.finished_at, j.next_run_at, r.output, COALESCE(r.model, j.model) AS model, r.prompt_tokens,"
         " r.output_tokens, r.duration_ms FROM jobs j LEFT JOIN results r ON r.job_id = j.id"
         f" WHERE {' AND '.join(where)} ORDER BY COALESCE(j.finished_at, j.created_at) DESC, j.id DESC"
     )
@@ -116,3 +131,12 @@ def list_results(
 def failed_job_ids(engine: Engine) -> list[int]:
     with read(engine) as conn:
         return list(run(conn, "SELECT id FROM jobs WHERE status = 'failed' ORDER BY id").scalars())
+
+
+def finished_between(engine: Engine, start: str, end: str) -> dict[str, int]:
+    """Jobs done and failed in [start, end] by the jobs table: the throughput rows' window, seen from the jobs."""
+    with read(engine) as conn:
+        done, failed = run(conn, "SELECT COUNT(CASE WHEN status = 'done' THEN 1 END), COUNT(CASE WHEN status ="
+                                 " 'failed' AND attempts > 0 THEN 1 END) FROM jobs WHERE finished_at >= :start"
+                                 " AND finished_at <= :end", start=start, end=end).one()
+    return {"done": done, "failed": failed}
