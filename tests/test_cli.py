@@ -121,7 +121,7 @@ def test_retry_moves_failed_files_back_and_requeues(cfg: str, tmp_path: Path, ca
 
     _as_the_daemon_leaves_it(cfg)
     bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not a png")
+    bad.write_bytes(png_bytes()[:60])  # a PNG's header (submit takes it), its pixels cut off (the worker fails it)
     assert main(["submit", "-c", cfg, "-t", "ocr", str(bad)]) == 0
     settings = load_config(Path(cfg))
     parts = open_parts(settings)
@@ -131,7 +131,7 @@ def test_retry_moves_failed_files_back_and_requeues(cfg: str, tmp_path: Path, ca
     capsys.readouterr()
 
     assert main(["results", "-c", cfg]) == 0
-    assert "not an image" in capsys.readouterr().out
+    assert "corrupt or truncated image" in capsys.readouterr().out
     assert main(["retry", "-c", cfg, "--failed"]) == 0
     assert capsys.readouterr().out.strip() == "1\tqueued"
     assert (tmp_path / "spool" / "inbox" / "ocr" / "bad.png").exists()

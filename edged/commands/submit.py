@@ -1,4 +1,4 @@
-"""`edged submit`: copy files into the inbox atomically and queue them at once.
+"""`edged submit`: copy files (of folders, or standard input) into the inbox atomically and queue them at once.
 
 The copy is made the way producers should make theirs: under a dotted temp name, fsynced,
 readable by the spool's group, then renamed into place without replacing anything. It is
@@ -11,22 +11,24 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional, Sequence
 
 from edged.commands import as_database_owner, command_parts
+from edged.commands.inputs import expand
 from edged.config import Settings
 from edged.exitcodes import CliError, EdgedError, ExitCode
 from edged.languages import accepted, normalise
+from edged.lock import StateLock
 from edged.pathnames import displayable
 from edged.spool import SpoolLayout, UnsafePath, candidates
 from edged.spool.root import FILE_MODE, INBOX_DIR_MODE, TEMP_PREFIX, rename_noreplace
 from edged.spool.watch import Deferred
-from edged.wiring import Parts, build_layout
+from edged.wiring import Parts, build_layout, lock_path
 
 
-def _copy_in(layout: SpoolLayout, src: Path, folder: list[str]) -> str:
-    """Copy `src` into inbox/<folder>/; returns its inbox rel."""
-    with open(src, "rb") as inp, layout.fs.folder(["inbox", *folder], create_mode=INBOX_DIR_MODE) as d:
+def _copy_in(layout: SpoolLayout, inp: BinaryIO, name: str, folder: list[str]) -> str:
+    """Copy what `inp` reads into inbox/<folder>/<name> (suffixed on a clash); returns its inbox rel."""
+    with layout.fs.folder(["inbox", *folder], create_mode=INBOX_DIR_MODE) as d:
         tmp = f"{TEMP_PREFIX}{os.urandom(6).hex()}.part"  # a dotfile: the watcher ignores it until renamed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
         try:
@@ -38,12 +40,12 @@ def _copy_in(layout: SpoolLayout, src: Path, folder: list[str]) -> str:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            for name in candidates(src.name):
+            for cand in candidates(name):
                 try:
-                    rename_noreplace(d, tmp, d, name)
+                    rename_noreplace(d, tmp, d, cand)
                 except FileExistsError:
                     continue
-                return "/".join([*folder, name])
+                return "/".join([*folder, cand])
         except BaseException:
             try:
                 os.unlink(tmp, dir_fd=d)
@@ -60,7 +62,13 @@ def _queue_parts(settings: Settings) -> tuple[Optional[Parts], Optional[str]]:
         return None, str(exc)
 
 
-def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[str]) -> ExitCode:
+def _daemon_runs(settings: Settings) -> bool:
+    """As `edged status` decides it: a live daemon holds the database's lock."""
+    return StateLock(lock_path(settings)).holder() is not None
+
+
+def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[str],
+           name: Optional[str] = None) -> ExitCode:
     folder = [task]
     if lang is not None:
         if task != "translate":
@@ -69,25 +77,38 @@ def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[
         if tag is None:
             raise CliError(f"unknown language {lang!r}; accepted: {accepted()}", ExitCode.USAGE)
         folder.append(tag)
+    if name is not None and Path("-") not in files:
+        raise CliError("--name names what - reads from standard input; no - was given", ExitCode.USAGE)
+    if name is not None and (not name or "/" in name or name in (".", "..")):
+        raise CliError(f"--name {name!r}: a file name, without folders", ExitCode.USAGE)
     layout = build_layout(settings)
     code = ExitCode.OK
     copied: list[str] = []
-    for src in files:
-        if not src.is_file():
-            print(f"error\t{src}\tnot a regular file")
+    for item in expand(files, settings, task, name, layout.wanted):
+        if item.error is not None:
+            print(f"error\t{item.shown}\t{item.error}")
             code = ExitCode.INPUT
             continue
-        if not layout.wanted("/".join([*folder, src.name])):
-            print(f"error\t{src}\tthe name matches watch.ignore; rename the file")
+        dest = [*folder, *item.subfolders]
+        if task == "translate" and lang is None and item.subfolders:
+            # inbox/translate/<first folder>/ names the target language: a submitted folder goes
+            # below the configured one, or its own name would be read as a language.
+            dest = [task, settings.tasks.translate.target_language, *item.subfolders]
+        if not layout.wanted("/".join([*dest, item.name])):
+            print(f"error\t{item.shown}\tthe name matches watch.ignore; rename the file")
             code = ExitCode.INPUT
             continue
         try:
-            copied.append(_copy_in(layout, src, folder))
+            with item.open() as inp:
+                copied.append(_copy_in(layout, inp, item.name, dest))
         except (OSError, UnsafePath) as exc:
-            print(f"error\t{src}\t{exc}")
+            print(f"error\t{item.shown}\t{exc}")
             code = ExitCode.INPUT
     if not copied:
         return code
+    if not _daemon_runs(settings):
+        print("edged: no daemon is running: the files wait in the inbox until `edged run` (or the service)"
+              " starts", file=sys.stderr)
     with as_database_owner(settings):
         parts, why = _queue_parts(settings)
         if parts is None:
@@ -101,8 +122,8 @@ def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[
                 taken = intake.take([layout.inbox_path(rel)])
             except Deferred:
                 taken = []
-            for item, res in taken:
-                print(f"{res.job_id}\t{displayable(item.path)}\t{res.outcome}")
+            for got, res in taken:
+                print(f"{res.job_id}\t{displayable(got.path)}\t{res.outcome}")
             if not taken:
                 print(f"-\t{displayable(rel)}\tspooled")
     return code
