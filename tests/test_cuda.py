@@ -71,3 +71,19 @@ def test_edged_run_with_provider_auto_prints_no_onnxruntime_line(daemon_factory)
     records = [json.loads(ln) for ln in lines]  # every line is one of edged's records
     loaded = next(r for r in records if r["event"] == "model_loaded")
     assert loaded["provider"] == "cpu" and loaded["reason"]
+
+
+def test_without_any_onnxruntime_the_model_error_says_which_extra(tmp_path: Path) -> None:
+    """An install that chose neither the cpu nor the gpu extra: exit 6 naming both, not a traceback."""
+    import subprocess
+    import sys
+
+    model = built_model(f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}", weights="fp32")
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from edged.config import ModelSettings\nfrom edged.engine.loader import load_engine\n"
+            "from edged.engine.api import ModelUnavailable\nfrom pathlib import Path\n"
+            f"try:\n    load_engine(ModelSettings(path={str(model)!r}), Path({str(model)!r}))\n"
+            "except ModelUnavailable as exc:\n    print(exc)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "onnxruntime is not installed" in res.stdout and "edged[cpu]" in res.stdout, res.stdout + res.stderr

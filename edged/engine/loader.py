@@ -42,5 +42,9 @@ def load_engine(settings: ModelSettings, model_dir: Path) -> Engine:
     try:
         onnx_engine = importlib.import_module("edged.engine.onnx")
     except ImportError as exc:
+        if exc.name == "onnxruntime":  # neither extra was chosen at install
+            raise ModelUnavailable("onnxruntime is not installed: install edged with its cpu or gpu extra"
+                                   " (pip install 'edged[cpu]' or 'edged[gpu]'), or on a Jetson JetPack's own"
+                                   " onnxruntime-gpu wheel (README, \"Jetson\")") from None
         raise ModelUnavailable(f"the ONNX Runtime engine cannot be loaded: {exc}") from None
     return onnx_engine.load(settings, model_dir)
