@@ -36,6 +36,15 @@ DEFAULT_IGNORE = [
 ]
 
 
+# tasks/translate.py cuts a text into chunks of at most half of tasks.translate.max_new_tokens
+# and needs 16 tokens (its MIN_BUDGET) of text per chunk: below twice that, every translation
+# fails. config.py may not import tasks/; a test keeps the two in step.
+TRANSLATE_MIN_NEW_TOKENS = 32
+# A KV slot (model.context) must hold a prompt and its answer: the shortest translation prompt
+# is about 13 tokens with Gemma 3's tokenizer (an image alone is 256).
+MIN_CONTEXT = 32
+
+
 class ConfigError(EdgedError):
     """The config file is missing, unreadable or invalid. The message is meant for operators."""
 
@@ -69,6 +78,14 @@ class ModelSettings(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: Optional[int] = None
     options: dict[str, Any] = Field(default_factory=dict)  # passed to a plug-in engine
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, value: int) -> int:
+        if 0 < value < MIN_CONTEXT:
+            raise ValueError(f"0 (the model's context) or at least {MIN_CONTEXT}: a KV slot must hold a prompt and"
+                             " its answer, and the shortest prompt alone takes about 13; every job would fail")
+        return value
 
 
 class QueueSettings(_Section):
@@ -167,6 +184,17 @@ class TranslateSettings(TaskSettings):
     few_shot: Literal["auto", "always", "off"] = live("auto")
     # Largest piece of a long text sent to the model at once, in tokens.
     chunk_tokens: int = live(384, ge=16)
+    # The same ceiling as model.max_new_tokens; the floor is checked below, with its reason.
+    max_new_tokens: Optional[int] = live(None, le=32768)
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _new_tokens(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < TRANSLATE_MIN_NEW_TOKENS:
+            raise ValueError(f"at least {TRANSLATE_MIN_NEW_TOKENS} (or null): a text is cut into chunks of at most"
+                             f" half of it, and a chunk needs {TRANSLATE_MIN_NEW_TOKENS // 2} tokens; every"
+                             " translation would fail")
+        return value
 
     @field_validator("target_language", "source_language")
     @classmethod
@@ -244,6 +272,8 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (see config.example.yaml for the valid ones)"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"  {key}: {msg} (got {err.get('input')!r})")
     return "\n".join(lines)
 

@@ -82,3 +82,56 @@ def test_example_documents_every_key_with_its_default() -> None:
     defaults = Settings().model_dump(mode="json", exclude={"source"})
     assert _leaves(example) == _leaves(defaults)
     load_config(REPO / "config.example.yaml")  # and it validates
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("tasks: {translate: {max_new_tokens: 31}}", "tasks.translate.max_new_tokens", "at least 32"),
+    ("tasks: {translate: {max_new_tokens: 0}}", "tasks.translate.max_new_tokens", "every translation would fail"),
+    ("tasks: {translate: {max_new_tokens: 40000}}", "tasks.translate.max_new_tokens", "less than or equal to 32768"),
+    ("model: {context: 16}", "model.context", "every job would fail"),
+])
+def test_a_limit_that_would_fail_every_job_is_refused_at_load(tmp_path: Path, text: str, key: str,
+                                                               words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    msg = str(err.value)
+    assert key in msg and words in msg and "Value error" not in msg
+
+
+def test_the_limits_that_work_load(tmp_path: Path) -> None:
+    s = load_config(_write(tmp_path, "tasks: {translate: {max_new_tokens: 32}}\nmodel: {context: 32}\n"))
+    assert s.tasks.translate.max_new_tokens == 32 and s.model.context == 32
+    assert load_config(_write(tmp_path, "tasks: {translate: {max_new_tokens: null}}")).tasks.translate.max_new_tokens \
+        is None
+
+
+def test_the_translate_floor_is_the_one_the_task_needs(tmp_path: Path) -> None:
+    """config.py may not import tasks/: the floor it checks is kept equal to what translate.py needs,
+    and the smallest value it lets through translates a text."""
+    from edged.config import TRANSLATE_MIN_NEW_TOKENS, parse_config
+    from edged.engine.api import ModelInfo
+    from edged.tasks import translate
+
+    assert TRANSLATE_MIN_NEW_TOKENS == 2 * translate.MIN_BUDGET
+    s = parse_config({"tasks": {"translate": {"max_new_tokens": TRANSLATE_MIN_NEW_TOKENS}}}, tmp_path / "c.yaml")
+    words = ModelInfo("m", 4096, True, lambda text: len(text.split()) + 1)
+    prepared = translate.prepare({"target_language": "de"}, b"Hello there.", s, words)
+    assert len(prepared.requests) == 1 and prepared.requests[0].max_new_tokens == TRANSLATE_MIN_NEW_TOKENS
+
+
+def test_the_running_message_names_the_key(tmp_path: Path) -> None:
+    """What load_config cannot know (the model's context) fails a job with a message naming the keys."""
+    from edged.config import parse_config
+    from edged.engine.api import ModelInfo
+    from edged.tasks import translate
+    from edged.tasks.base import InputError
+
+    s = parse_config({"tasks": {"translate": {"max_new_tokens": 100}}}, tmp_path / "c.yaml")
+    with pytest.raises(InputError) as err:
+        translate.prepare({"target_language": "de"}, b"Hello.", s, ModelInfo("tiny", 64, True, lambda t: len(t)))
+    assert "tasks.translate.max_new_tokens (100)" in str(err.value) and "context (64 tokens)" in str(err.value)
+    # A cap below the floor set without load_config (model_construct skips validation) names the key too.
+    low = s.model_copy(deep=True)
+    object.__setattr__(low.tasks.translate, "max_new_tokens", 20)
+    with pytest.raises(InputError, match=r"tasks.translate.max_new_tokens \(20\) is below 32"):
+        translate.prepare({"target_language": "de"}, b"Hello.", low, ModelInfo("m", 4096, True, lambda t: 2))

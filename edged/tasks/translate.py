@@ -72,8 +72,15 @@ def _budget(cfg: TranslateSettings, model: ModelInfo, overhead: int) -> tuple[in
         budget = min(cfg.chunk_tokens, (room - 32) // 3)
         max_new = 2 * budget + 32
     if budget < MIN_BUDGET:
-        raise InputError(f"the model's context ({model.context_length} tokens) leaves no room for text after "
-                         f"the prompt ({overhead} tokens) and max_new_tokens; shorten the prompt or the limit")
+        # Name the key that bites: load_config refuses a max_new_tokens below 2 * MIN_BUDGET,
+        # so what is left here is the context against the prompt and the cap.
+        if cfg.max_new_tokens and cfg.max_new_tokens // 2 < MIN_BUDGET:
+            raise InputError(f"tasks.translate.max_new_tokens ({cfg.max_new_tokens}) is below {2 * MIN_BUDGET}:"
+                             f" chunks get at most half of it and need {MIN_BUDGET} tokens; raise it or set null")
+        cap = f" and tasks.translate.max_new_tokens ({cfg.max_new_tokens})" if cfg.max_new_tokens else ""
+        raise InputError(f"the model's context ({model.context_length} tokens) leaves no room for text after the"
+                         f" prompt ({overhead} tokens){cap}; shorten tasks.translate.prompt / completion_prompt"
+                         " or lower tasks.translate.max_new_tokens")
     return budget, max_new
 
 
