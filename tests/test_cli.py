@@ -15,7 +15,7 @@ from conftest import REPO, base_config, png_bytes
 from edged.cli import build_parser, main
 from edged.exitcodes import ExitCode
 
-VERBS = ["run", "init", "submit", "status", "results", "retry", "doctor"]
+VERBS = ["run", "init", "submit", "status", "results", "show", "retry", "doctor"]
 
 
 def _edged(*args: str) -> subprocess.CompletedProcess:
