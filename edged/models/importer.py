@@ -11,9 +11,10 @@ position ids.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from edged.exitcodes import EdgedError, ExitCode
 from edged.models.manifest import Manifest, TextShape, Tokens, Vision
@@ -36,12 +37,19 @@ def _graph(src: Path, stem: str, dtype: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def _copy_graph(path: Path, out: Path) -> str:
-    shutil.copy2(path, out / path.name)
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links (FAT)
+        shutil.copy2(src, dst)
+
+
+def _copy_graph(path: Path, out: Path, place: Callable[[Path, Path], object]) -> str:
+    place(path, out / path.name)
     for data in path.parent.glob(path.name + "_data*"):
-        shutil.copy2(data, out / data.name)
+        place(data, out / data.name)
     for data in path.parent.glob(path.name + ".data"):
-        shutil.copy2(data, out / data.name)
+        place(data, out / data.name)
     return path.name
 
 
@@ -59,7 +67,11 @@ def _tokens(tokenizer: dict[str, Any], cfg: dict[str, Any], text: dict[str, Any]
 
 
 def import_onnx_community(src: Path, out: Path, dtype: str = "q4", name: Optional[str] = None,
-                          position_base: int = 1) -> Manifest:
+                          position_base: int = 1, link: bool = False) -> Manifest:
+    """`link`: hard-link the files instead of copying them where `src` is on the same filesystem
+    (a pulled 4B release would otherwise need its size twice on disk; `src` stays whole, so a
+    failed import loses no download)."""
+    place: Callable[[Path, Path], object] = _link_or_copy if link else shutil.copy2
     if dtype not in SUFFIX:
         raise ReleaseError(f"--dtype {dtype!r}: choose one of {', '.join(SUFFIX)}")
     for need in ("config.json", "tokenizer.json"):
@@ -73,15 +85,15 @@ def import_onnx_community(src: Path, out: Path, dtype: str = "q4", name: Optiona
     text = cfg.get("text_config", cfg)
     tokenizer = json.loads((src / "tokenizer.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    graphs = {"embed": _copy_graph(embed, out), "decoder": _copy_graph(decoder, out), "vision": None}
+    graphs = {"embed": _copy_graph(embed, out, place), "decoder": _copy_graph(decoder, out, place), "vision": None}
     vision = None
     vis_graph = _graph(src, "vision_encoder", dtype) or _graph(src, "vision_encoder", "fp32")
     if cfg.get("vision_config") and vis_graph is not None:
-        graphs["vision"] = _copy_graph(vis_graph, out)
+        graphs["vision"] = _copy_graph(vis_graph, out, place)
         vc = cfg["vision_config"]
         vision = Vision(image_size=vc.get("image_size", 896), tokens_per_image=cfg.get("mm_tokens_per_image", 256),
                         mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], patch_size=vc.get("patch_size", 14))
-    shutil.copy2(src / "tokenizer.json", out / "tokenizer.json")
+    place(src / "tokenizer.json", out / "tokenizer.json")
     layers = text["num_hidden_layers"]
     pattern = text.get("sliding_window_pattern", 6)
     layer_types = text.get("layer_types") or [
