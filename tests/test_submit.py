@@ -74,7 +74,7 @@ class _Stdin:
 
 def test_standard_input_with_and_without_a_name(tmp_path: Path, capsys, monkeypatch) -> None:
     cfg = _setup(tmp_path)
-    monkeypatch.setattr(sys, "stdin", _Stdin("Hallo Welt".encode()))
+    monkeypatch.setattr(sys, "stdin", _Stdin("Grüße, Welt".encode()))
     assert main(["submit", "-c", cfg, "-t", "translate", "--lang", "en", "-", "--name", "greeting.txt"]) == 0
     assert _lines(capsys)[0][1:] == ["translate/en/greeting.txt", "new"]
     monkeypatch.setattr(sys, "stdin", _Stdin(png_bytes()))
