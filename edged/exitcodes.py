@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     CHECK_FAILED = 8  # `edged doctor` found a problem
     NO_ACCESS = 9  # the database cannot be used as this user (the message names who can)
     DATABASE = 10  # the database is not one this edged can use (a newer schema)
+    DOWNLOAD_FAILED = 11  # `edged model pull` could not fetch or check a file (network, access, checksum)
     INTERRUPTED = 130  # stopped by SIGINT before finishing
 
 

@@ -1,4 +1,4 @@
-"""`edged model …`: export, build-default, import, verify, info."""
+"""`edged model …`: export, build-default, import, pull, list, verify, info."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from edged.exitcodes import CliError, ExitCode
+from edged.exitcodes import CliError, EdgedError, ExitCode
 from edged.models.manifest import Manifest
 
 
@@ -122,3 +122,99 @@ def print_info(m: Manifest, folder: Path) -> None:
     for line in words(m):
         print()
         print(textwrap.fill(line, width=96, initial_indent="  ", subsequent_indent="  "))
+
+
+# -- pull and list ------------------------------------------------------------------------
+
+# caption and ocr send images (tasks/images.py): only a model whose manifest has a vision
+# encoder can serve them; translate runs on any text model.
+IMAGE_TASKS = ("caption", "ocr")
+TEXT_TASKS = ("translate",)
+
+
+def tasks_of(m: Manifest) -> list[str]:
+    return sorted((*IMAGE_TASKS, *TEXT_TASKS) if m.vision else TEXT_TASKS)
+
+
+def pull(name: str, out: Optional[Path], models_dir: Optional[Path], dtype: str = "q4", pattern: Optional[str] = None,
+         revision: str = "main", sha256: Optional[str] = None, endpoint: Optional[str] = None) -> ExitCode:
+    """`out`: the model folder (default: `<models_dir>/<the source's name>`)."""
+    from edged.commands.progress_bar import DownloadBar
+    from edged.models.fetch.hub import Hub, endpoint_from_env, token_from_env
+    from edged.models.fetch.plan import parse_source
+    from edged.models.fetch.pull import PullOptions
+    from edged.models.fetch.pull import pull as run_pull
+
+    source = parse_source(name, endpoint_from_env(endpoint), revision)
+    if out is None:
+        assert models_dir is not None
+        out = models_dir / source.default_name
+    hub = Hub(source.endpoint, token_from_env())
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    manifest = run_pull(hub, source, out, PullOptions(dtype=dtype, pattern=pattern, sha256=sha256), DownloadBar(),
+                        say)
+    out = out.absolute()
+    print(f"installed {manifest.name} ({manifest.weights}; tasks: {', '.join(tasks_of(manifest))}) in {out}")
+    print("to use it, set in the config file:")
+    print("  model:")
+    print(f"    path: {out}")
+    return ExitCode.OK
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def installed_models(models_dir: Path, configured: Path, engine: str) -> list[dict[str, Any]]:
+    """The model folders under `models_dir` and the configured one, each described."""
+    folders = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if models_dir.is_dir() else []
+    if configured.absolute() not in {p.absolute() for p in folders}:
+        folders.append(configured)
+    rows = []
+    for folder in folders:
+        row: dict[str, Any] = {"name": folder.name, "path": str(folder.absolute()), "bytes": None, "tasks": [],
+                               "vision": False, "weights": None, "in_use": engine == "onnx"
+                               and folder.absolute() == configured.absolute(), "problem": None}
+        try:
+            m = Manifest.load(folder)
+            row.update(name=m.name, bytes=_disk_bytes(folder), tasks=tasks_of(m), vision=m.vision is not None,
+                       weights=m.weights, instruction_tuned=m.instruction_tuned)
+        except EdgedError as exc:
+            row["problem"] = "missing" if not folder.exists() else str(exc)
+        rows.append(row)
+    return rows
+
+
+def _gib(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else _mib(n)
+
+
+def list_models(models_dir: Path, configured: Path, engine: str, config: Optional[Path],
+                as_json: bool = False) -> ExitCode:
+    rows = installed_models(models_dir, configured, engine)
+    if as_json:
+        print(json.dumps({"models_dir": str(models_dir), "model_path": str(configured.absolute()), "engine": engine,
+                          "models": rows}, indent=2))
+        return ExitCode.OK
+    table = [("", "NAME", "SIZE", "TASKS", "PATH")]
+    for r in rows:
+        tasks = ", ".join(r["tasks"]) if not r["problem"] else ("not installed" if r["problem"] == "missing"
+                                                                else f"unusable: {r['problem']}")
+        table.append(("*" if r["in_use"] else "", r["name"], _gib(r["bytes"]), tasks, r["path"]))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    where = f" in {config}" if config else ""
+    if engine != "onnx":
+        print(f"\nmodel.engine{where} is the plug-in {engine}: it loads no model folder")
+    else:
+        print(f"\n* the model the config uses (model.path{where}, or the built-in default when it is not set)")
+    if any(r["in_use"] and r["problem"] == "missing" for r in rows):
+        print("  it is not installed: edged model build-default (the built-in 270M) or edged model pull NAME")
+    return ExitCode.OK
