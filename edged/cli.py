@@ -115,12 +115,10 @@ def cmd_doctor(args: argparse.Namespace) -> ExitCode:
     except ConfigError as exc:
         print(f"FAIL  config      {exc}")
         return ExitCode.CHECK_FAILED
-    from edged.commands import as_database_owner
     from edged.commands.doctor import preload
 
     preload()
-    with as_database_owner(settings):  # root sees what the daemon's user would
-        return doctor(settings, as_json=args.json)
+    return doctor(settings, as_json=args.json, user=args.user)
 
 
 def _patterns(given: Optional[list[str]]) -> Optional[tuple[str, ...]]:
@@ -295,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb("note-exit", cmd_note_exit, "for the unit's ExecStopPost: record $SERVICE_RESULT, $EXIT_CODE and"
          " $EXIT_STATUS, so the next start knows whether the daemon died of a job (crash, OOM, watchdog)")
 
-    p = verb("doctor", cmd_doctor, "check config, paths, permissions, disk, ONNX Runtime providers and the model")
+    p = verb("doctor", cmd_doctor, "check config, the daemon user's access to its folders and database, disk,"
+             " whether CUDA works, and the model; says how to fix what fails")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--user", help="the daemon's user (default: the owner of its database or state, else edged)")
     return parser
 
 

@@ -6,27 +6,20 @@ import importlib
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
+import numpy as np
+
+from edged.commands.access import Access, as_user, checks, daemon_user
 from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.engine.loader import MANIFEST, is_plugin, model_name
 from edged.exitcodes import ExitCode
+from edged.models.manifest import Manifest, ManifestError
 from edged.spool import filesystem_type, is_network_fs
 from edged.wiring import build_layout
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-
-
-def _writable_dir(path: Path) -> tuple[str, str]:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        return FAIL, f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=True):
-        return FAIL, f"{probe} is not writable by uid {os.geteuid()}"
-    return (OK, str(path)) if probe == path else (WARN, f"{path} does not exist yet (will be created)")
 
 
 def _disk(path: Path, floor_mb: int) -> tuple[str, str]:
@@ -102,23 +95,75 @@ def _spool_safety(settings: Settings) -> tuple[str, str]:
     return OK, "no links, no group-writable daemon folders, every inbox folder movable"
 
 
-def _providers(_settings: Settings) -> tuple[str, str]:
+def _providers(settings: Settings) -> tuple[str, str]:
+    """Offered is not working: a CUDA session must come up and run (here on the model's embedding)."""
     try:
         import onnxruntime as ort
-    except ImportError as exc:
-        return FAIL, f"onnxruntime does not import: {exc}"
-    offered = ort.get_available_providers()
-    note = "" if "CUDAExecutionProvider" in offered else " (no CUDA: the CPU is used)"
-    return OK, f"onnxruntime {ort.__version__} offers {', '.join(offered)}{note}"
+    except ImportError:
+        return FAIL, ("onnxruntime is not installed; fix: pip install 'edged[cpu]' (or 'edged[gpu]'; on a Jetson"
+                      " JetPack's onnxruntime-gpu)")
+    from edged.engine import cuda
+
+    offered = ", ".join(ort.get_available_providers())
+    if settings.model.provider == "cpu":
+        return OK, f"onnxruntime {ort.__version__} ({offered}); model.provider is cpu"
+    found = cuda.probe()
+    if not found.usable:
+        level = FAIL if settings.model.provider == "cuda" else OK
+        return level, (f"onnxruntime {ort.__version__} ({offered}); CUDA does not work here: {found.reason};"
+                       " the CPU is used")
+    graph = _embedding_graph(settings)
+    if graph is None:
+        return WARN, f"onnxruntime {ort.__version__}: CUDA offered ({found.reason}), not tried (no model to run)"
+    try:
+        with cuda.quiet_fds():
+            sess = ort.InferenceSession(str(graph), providers=["CUDAExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            sess.run(None, {name: np.array([[2]], dtype=np.int64)})
+    except Exception as exc:
+        return FAIL, f"CUDA offered ({found.reason}) but a session on it failed: {str(exc).splitlines()[0]}"
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        return FAIL, "CUDA offered but the session came up on the CPU (CUDA or cuDNN libraries missing?)"
+    return OK, f"CUDA works: a session on CUDAExecutionProvider ran {graph.name} ({found.reason})"
+
+
+def _embedding_graph(settings: Settings) -> Optional[Path]:
+    try:
+        manifest = Manifest.load(settings.model_dir)
+        graph = settings.model_dir / manifest.graph("embed")
+    except Exception:
+        return None
+    return graph if graph.is_file() else None
 
 
 def _model(settings: Settings) -> tuple[str, str]:
+    """The manifest loaded as the engine loads it, and every file it lists there, of its size."""
     if is_plugin(settings.model.engine):
         return OK, f"plug-in engine {settings.model.engine} ({model_name(settings.model, settings.model_dir)})"
-    manifest = settings.model_dir / MANIFEST
-    if manifest.is_file():
-        return OK, f"{model_name(settings.model, settings.model_dir)} at {settings.model_dir}"
-    return FAIL, f"no model at {settings.model_dir} ({MANIFEST} missing)"
+    fix = ("edged model build-default -c CONFIG (on a box with the export extra), or edged model pull"
+           if settings.model.path is None else "point model.path at a folder made by edged model export/import/pull")
+    folder = settings.model_dir
+    if not (folder / MANIFEST).is_file():
+        return FAIL, f"no model at {folder} ({MANIFEST} missing); fix: {fix}"
+    try:
+        manifest = Manifest.load(folder)
+        needed = [manifest.graph(g) for g in ("embed", "decoder")]
+    except (ManifestError, KeyError) as exc:
+        return FAIL, f"{exc}; fix: rebuild or re-import the model ({fix})"
+    problems = [f"{name}: missing" for name in needed if not (folder / name).is_file()]
+    if not manifest.files:
+        problems.append("the manifest lists no files (not made by edged?)")
+    for name, info in manifest.files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != info.get("bytes"):
+            problems.append(f"{name}: {path.stat().st_size} bytes, the manifest says {info.get('bytes')}")
+    if problems:
+        return FAIL, f"{folder}: {'; '.join(problems[:5])}; fix: rebuild or re-import the model ({fix})"
+    vision = "text and images" if manifest.vision else "text only: caption and OCR jobs will fail"
+    return OK, (f"{manifest.name} at {folder}: {len(manifest.files)} files of the recorded sizes ({vision};"
+                " checksums: edged model verify)")
 
 
 def preload() -> None:
@@ -129,32 +174,48 @@ def preload() -> None:
         pass  # the check reports it
 
 
-def doctor(settings: Settings, as_json: bool = False) -> ExitCode:
-    layout = build_layout(settings)
-    checks: list[tuple[str, Callable[[], tuple[str, str]]]] = [
-        ("config", lambda: (OK, str(settings.source))),
-        ("state_dir", lambda: _writable_dir(settings.state_dir)),
-        *[(f"inbox/{t}", lambda t=t: _writable_dir(layout.inbox / t)) for t in layout.tasks],
-        *[(f"{a}/", lambda a=a: _writable_dir(layout.area(a))) for a in ("done", "failed", "out")],
+def _with_fix(level: str, detail: str) -> Access:
+    detail, _, fix = detail.partition("; fix: ")
+    return Access("", level, detail, fix or None)
+
+
+def doctor(settings: Settings, as_json: bool = False, user: Optional[str] = None) -> ExitCode:
+    from edged.commands import as_database_owner
+
+    def database() -> tuple[str, str]:
+        with as_database_owner(settings):  # root reads it as its owner: no -shm of root's
+            return _database(settings)
+
+    who = daemon_user(settings, user)
+    report: list[Access] = [Access("config", OK, str(settings.source))]
+    try:
+        report += as_user(who, lambda: checks(settings, who))
+    except KeyError:
+        report.append(Access("access", FAIL, f"no user {who} on this box",
+                             "edged install-service makes it (or name the daemon's user with --user)"))
+    others: list[tuple[str, Callable[[], tuple[str, str]]]] = [
         ("spool_fs", lambda: _spool_fs(settings)),
         ("spool_safety", lambda: _spool_safety(settings)),
         ("disk_state", lambda: _disk(settings.state_dir, settings.spool.min_free_mb)),
         ("disk_spool", lambda: _disk(settings.spool_dir, settings.spool.min_free_mb)),
-        ("database", lambda: _database(settings)),
+        ("database", database),
         ("onnxruntime", lambda: _providers(settings)),
         ("model", lambda: _model(settings)),
     ]
-    report = []
-    for name, check in checks:
+    for name, check in others:
         try:
-            level, detail = check()
+            found = _with_fix(*check())
         except Exception as exc:
-            level, detail = FAIL, f"{type(exc).__name__}: {exc}"
-        report.append({"check": name, "result": level, "detail": detail})
-    failed = any(r["result"] == FAIL for r in report)
+            found = Access("", FAIL, f"{type(exc).__name__}: {exc}")
+        found.check = name
+        report.append(found)
+    failed = any(r.result == FAIL for r in report)
     if as_json:
-        emit_json({"ok": not failed, "checks": report})
+        emit_json({"ok": not failed, "user": who, "checks": [vars(r) for r in report]})
     else:
+        print(f"(folders and database checked as {who}, the daemon's user)")
         for r in report:
-            print(f"{r['result']:<5} {r['check']:<15} {r['detail']}")
+            print(f"{r.result:<5} {r.check:<15} {r.detail}")
+            if r.fix and r.result != OK:
+                print(f"{'':<5} {'':<15} fix: {r.fix}")
     return ExitCode.CHECK_FAILED if failed else ExitCode.OK

@@ -1,0 +1,87 @@
+"""`edged doctor`: checks the daemon's user's access for real, loads the manifest for real,
+tells "CUDA works" from "CUDA offered", and says how to fix what fails."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import yaml
+
+from conftest import base_config
+from edged.cli import main
+from edged.engine import cuda
+from edged.exitcodes import ExitCode
+
+
+def _doctor(capsys, cfg: Path, *extra: str) -> tuple[int, dict]:
+    code = main(["doctor", "-c", str(cfg), "--json", *extra])
+    return code, {c["check"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+
+
+def _config(tmp_path: Path, **model) -> Path:
+    data = base_config(tmp_path)
+    if model:
+        data["model"] = model
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_empty_manifest_fails_the_model_check(tmp_path: Path, capsys) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "edged-model.json").write_text("{}")
+    code, checks = _doctor(capsys, _config(tmp_path, engine="onnx", path=str(model)))
+    assert code == ExitCode.CHECK_FAILED
+    assert checks["model"]["result"] == "FAIL" and "unknown format" in checks["model"]["detail"]
+    assert "rebuild or re-import" in checks["model"]["fix"]
+
+
+def test_a_model_file_of_the_wrong_size_fails(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from conftest import REPO
+    from model_cache import built_model
+
+    src = built_model(f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}", weights="fp32")
+    model = tmp_path / "model"
+    shutil.copytree(src, model)
+    code, checks = _doctor(capsys, _config(tmp_path, engine="onnx", path=str(model)))
+    assert checks["model"]["result"] == "ok", checks["model"]
+    with open(model / "tokenizer.json", "a") as f:
+        f.write(" ")
+    code, checks = _doctor(capsys, _config(tmp_path, engine="onnx", path=str(model)))
+    assert code == ExitCode.CHECK_FAILED and "tokenizer.json" in checks["model"]["detail"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_folders_are_checked_as_the_daemons_user_with_the_fix(tmp_path: Path, capsys) -> None:
+    import users
+
+    users.ensure_users()
+    os.chmod(tmp_path, 0o755)
+    cfg = _config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)  # root's: fine for root, closed to the daemon's user
+    code, as_root = _doctor(capsys, cfg, "--user", "root")
+    assert as_root["state_dir"]["result"] == "ok"
+    code, checks = _doctor(capsys, cfg, "--user", users.DAEMON)
+    assert code == ExitCode.CHECK_FAILED
+    assert checks["state_dir"]["result"] == "FAIL" and users.DAEMON in checks["state_dir"]["detail"]
+    assert checks["state_dir"]["fix"].startswith(f"chown {users.DAEMON}:{users.GROUP} {state}")
+
+
+def test_cuda_offered_but_not_working_is_said_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    lib = tmp_path / "libonnxruntime_providers_cuda.so"
+    lib.write_bytes(b"not an ELF file")
+    monkeypatch.setattr(cuda, "_provider_library", lambda: lib)
+    _code, checks = _doctor(capsys, _config(tmp_path))
+    assert "CUDA does not work here" in checks["onnxruntime"]["detail"]
+    assert "the CPU is used" in checks["onnxruntime"]["detail"]
+    _code, checks = _doctor(capsys, _config(tmp_path, engine="onnx", provider="cuda", path=str(tmp_path / "m")))
+    assert checks["onnxruntime"]["result"] == "FAIL"
