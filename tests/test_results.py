@@ -147,3 +147,25 @@ def test_a_job_waiting_for_its_retry_says_when(tmp_path: Path, capsys) -> None:
     assert main(["status", "-c", cfg, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["waiting_for_retry"] == 1 and info["next_retry_at"] == row["next_run_at"]
+
+
+def test_a_row_from_the_other_side_of_a_dst_change_names_its_own_offset(monkeypatch) -> None:
+    import time
+    from datetime import timedelta
+
+    from edged.commands.results import Table
+    from edged.timeutil import iso, local_time, utcnow
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    table = Table(tty=False, width=200)
+    then = iso(utcnow() - timedelta(days=182))  # half a year ago: the other offset
+    now_zone, then_zone = local_time(utcnow())[-6:], local_time(then)[-6:]
+    assert now_zone != then_zone
+    row = {"job_id": 1, "task": "ocr", "status": "done", "finished_at": then, "created_at": then,
+           "next_run_at": then, "source_path": "ocr/a.png", "output": "text", "error": None}
+    assert f"when ({now_zone})" in table.header()
+    assert f"{local_time(then)}" in table.row(row)
+    fresh = {**row, "finished_at": iso(utcnow())}
+    assert local_time(fresh["finished_at"])[:19] + " " in table.row(fresh)
+    assert now_zone not in table.row(fresh)

@@ -105,3 +105,21 @@ def test_submit_warns_when_no_daemon_runs(tmp_path: Path, capsys) -> None:
         assert "no daemon" not in capsys.readouterr().err
     finally:
         lock.release()
+
+
+def test_submit_refuses_what_the_task_would_refuse_and_links_in_a_folder(tmp_path: Path, capsys) -> None:
+    cfg = _setup(tmp_path, tasks={"caption": {"max_pixels": 100}})
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes(size=(20, 20)))
+    assert main(["submit", "-c", cfg, "-t", "caption", str(big)]) == ExitCode.INPUT
+    assert "over tasks.caption.max_pixels (100 pixels" in capsys.readouterr().out
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(png_bytes(size=(5, 5)))
+    (folder / "elsewhere").symlink_to(tmp_path)
+    (folder / "alias.png").symlink_to(folder / "ok.png")
+    assert main(["submit", "-c", cfg, "-t", "caption", str(folder)]) == ExitCode.INPUT
+    lines = _lines(capsys)
+    assert ("error", str(folder / "elsewhere")) in [(f[0], f[1]) for f in lines]
+    assert ("error", str(folder / "alias.png")) in [(f[0], f[1]) for f in lines]
+    assert _inbox(tmp_path) == ["caption/pics/ok.png"]

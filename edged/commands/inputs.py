@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,16 @@ class Input:
         return open(self.path, "rb")
 
 
-def _image_format(inp: BinaryIO) -> Optional[str]:
+def _image(inp: BinaryIO) -> Optional[tuple[str, int]]:
+    """(format, pixels) from the header alone, or None when Pillow cannot identify it."""
     try:
-        with Image.open(inp) as img:
-            return str(img.format)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is judged below
+            with Image.open(inp) as img:
+                return str(img.format), img.size[0] * img.size[1]
+    except Image.DecompressionBombError:
+        return "bomb", 1 << 62
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
 
@@ -59,8 +65,11 @@ def check(task: str, inp: BinaryIO, size: int, settings: Settings) -> Optional[s
     if size == 0:
         return "empty file (0 bytes)"
     if task in IMAGE_TASKS:
-        if _image_format(inp) is None:
+        found = _image(inp)
+        if found is None:
             return f"not an image: --task {task} takes pictures (PNG, JPEG, WebP, TIFF, GIF …) that Pillow can read"
+        if found[1] > cfg.max_pixels:
+            return f"over tasks.{task}.max_pixels ({cfg.max_pixels} pixels; decompression-bomb guard)"
         return None
     try:
         decode_text(inp.read())
@@ -72,7 +81,7 @@ def check(task: str, inp: BinaryIO, size: int, settings: Settings) -> Optional[s
 def _stdin_name(task: str, data: bytes) -> str:
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     if task in IMAGE_TASKS:
-        fmt = _image_format(io.BytesIO(data)) or "bin"
+        fmt = (_image(io.BytesIO(data)) or ("bin", 0))[0]
         return f"stdin-{stamp}{_EXTENSIONS.get(fmt, '.' + fmt.lower())}"
     return f"stdin-{stamp}.txt"
 
@@ -95,7 +104,9 @@ def _folder(top: Path, wanted: Callable[[str], bool]) -> Iterator[Input]:
     for root, dirs, names in os.walk(top, followlinks=False):
         rel = Path(root).relative_to(top).parts
         sub = [base, *rel]
-        dirs[:] = sorted(d for d in dirs if wanted("/".join([*sub, d])))
+        for d in sorted(d for d in dirs if (Path(root) / d).is_symlink()):
+            yield Input(str(Path(root) / d), error="a link to a folder (links are not followed)")
+        dirs[:] = sorted(d for d in dirs if wanted("/".join([*sub, d])) and not (Path(root) / d).is_symlink())
         for name in sorted(names):
             if not wanted("/".join([*sub, name])):
                 continue

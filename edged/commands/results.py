@@ -56,7 +56,9 @@ class Table:
     def row(self, row: dict[str, Any]) -> str:
         now = self.now()
         when_text = retry_at(row, now) or row["finished_at"] or row["created_at"]
-        when = local_time(when_text)[:19]
+        when = local_time(when_text)
+        # The header names the zone of now; a row from the other side of a DST change says its own.
+        when = when[:19] if when.endswith(self.zone) else when
         body = row["output"] if row["status"] == "done" else row["error"]
         return self._line(str(row["job_id"]), row["task"], shown_status(row, now), when,
                           _one_line(row["source_path"]), _one_line(body), _STATUS_W)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from edged.commands import command_parts
@@ -29,7 +30,7 @@ def _print_job(info: dict[str, Any]) -> None:
     state = info["status"]
     waiting = retry_words(info, now)
     _field("status", f"{state}, {waiting}" if waiting else state)
-    _field("params", info["params"] or "-")
+    _field("params", json.dumps(info["params"], ensure_ascii=False) if info["params"] else "-")
     _field("model", info["model"] or "-")
     _field("source", info["source_path"])
     _field("sha256", info["sha256"] or "-")
@@ -51,7 +52,8 @@ def _print_job(info: dict[str, Any]) -> None:
         p = info["parent"]
         _field("parent", f"job {p['id']} ({p['task']}, {p['status']}): its result is this job's input")
     for c in info["children"]:
-        _field("child", f"job {c['id']} ({c['task']}, {c['status']}) {c['params'] or ''}".rstrip())
+        params = json.dumps(c["params"], ensure_ascii=False) if c["params"] else ""
+        _field("child", f"job {c['id']} ({c['task']}, {c['status']}) {params}".rstrip())
     print()
     print("files")
     if not info["files"]:
