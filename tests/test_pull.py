@@ -117,7 +117,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-
+        def do_GET(self) -> None:
             parts = urlsplit(self.path)
             path = unquote(parts.path)
             hub.seen.append({"path": path, "query": parts.query, "port": self.server.server_address[1],
