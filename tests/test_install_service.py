@@ -71,7 +71,7 @@ def test_the_installed_unit_verifies_and_stays_hardened(installed) -> None:
     exe = re.search(r"^ExecStart=(\S+) run --config /etc/edged/config.yaml$", unit, re.M)
     assert exe and os.access(exe.group(1), os.X_OK) and exe.group(1) != "/usr/local/bin/edged"
     assert "ReadWritePaths=/srv/spool" in unit and "RequiresMountsFor=/srv/spool /var/lib/edged" in unit
-    assert re.search(r"^RestartPreventExitStatus=3 6 9$", unit, re.M)
+    assert re.search(r"^RestartPreventExitStatus=3 6 9 10$", unit, re.M)
     assert "network-online" not in unit and f"ExecReload={exe.group(1)} reload" in unit
     doc = re.search(r"^Documentation=file://(\S+)$", unit, re.M)
     assert doc and (root / doc.group(1).lstrip("/")).is_file()
