@@ -1,28 +1,16 @@
-"""`edged model pull` and `edged model list` against a hub on loopback.
-
-The hub is http.server in a thread: the tree API (paged, with LFS oids and git blob ids),
-`/{repo}/resolve/{rev}/{path}` answering LFS files with a redirect to a CDN on another port (as
-the hub does, with X-Linked-Etag), Range and If-Range on the CDN, a gated repository that wants a
-bearer token. What it serves is a release in the onnx-community layout made from the tiny vision
-model that the project's own export builds (the same release that tests/test_vision.py imports),
-with the decoder's weights in an external-data file as the published releases have them.
-"""
+"""`edged model pull` and `edged model list` against a hub on loopback (tests/loopback_hub.py):
+a release built by the project's own export, fetched, checked, resumed, refused, installed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, Optional
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Iterator
 
 import pytest
 import yaml
@@ -32,44 +20,11 @@ from edged.cli import main
 from edged.exitcodes import ExitCode
 from edged.models.fetch.plan import SourceError, parse_source
 from edged.models.manifest import Manifest, sha256_file
+from loopback_hub import DATA, TOKEN, VISION_RECIPE, LoopbackHub, git_blob, release_files, serving
 from model_cache import built_model
 
-VISION_RECIPE = REPO / "models" / "tiny-gemma3-vision.json"
 TEXT_RECIPE = REPO / "models" / "tiny-gemma3-text.json"
 REPO_ID = "community/tiny-vision-it-ONNX"
-DATA = "onnx/decoder_model_merged_q4.onnx_data"
-TOKEN = "hf_test_token"
-
-
-# -- a release made by the project's own export --------------------------------------------
-
-def release_files(tiny_vision: Path) -> dict[str, bytes]:
-    """The onnx-community layout of the tiny vision model: q4-named graphs, the decoder's
-    weights as external data, config and tokenizer files."""
-    import onnx
-
-    recipe = json.loads(VISION_RECIPE.read_text())
-    files = {
-        "config.json": json.dumps({"text_config": recipe["text_config"], "vision_config": recipe["vision_config"],
-                                   **recipe["multimodal"]}).encode(),
-        "tokenizer.json": (tiny_vision / "tokenizer.json").read_bytes(),
-        "tokenizer_config.json": json.dumps({"chat_template": "<start_of_turn>user\n"}).encode(),
-        "README.md": b"not fetched: a pull takes only what the import reads\n",
-        "onnx/embed_tokens_q4.onnx": (tiny_vision / "embed_tokens.onnx").read_bytes(),
-        "onnx/vision_encoder_q4.onnx": (tiny_vision / "vision_encoder.onnx").read_bytes(),
-        "onnx/embed_tokens_fp16.onnx": b"another variant: not fetched for --dtype q4",
-    }
-    tmp = tiny_vision.parent / f".release-{os.getpid()}-{threading.get_ident()}"
-    tmp.mkdir(exist_ok=True)
-    try:
-        graph = onnx.load(str(tiny_vision / "decoder_model_merged.onnx"))
-        onnx.save_model(graph, str(tmp / "decoder_model_merged_q4.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="decoder_model_merged_q4.onnx_data", size_threshold=0)
-        files["onnx/decoder_model_merged_q4.onnx"] = (tmp / "decoder_model_merged_q4.onnx").read_bytes()
-        files[DATA] = (tmp / "decoder_model_merged_q4.onnx_data").read_bytes()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -77,146 +32,10 @@ def release() -> dict[str, bytes]:
     return release_files(built_model(f"random:{VISION_RECIPE}", weights="fp32"))
 
 
-# -- the hub on loopback ---------------------------------------------------------------------
-
-def _lfs(path: str, data: bytes) -> bool:
-    return ".onnx" in path or path.endswith(".gguf") or len(data) > 4096
-
-
-def _git_blob(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-@dataclass
-class Hub:
-    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    gated: set[str] = field(default_factory=set)
-    plain: dict[str, bytes] = field(default_factory=dict)  # /files/<name>: a plain web server
-    drop_once: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the first hang-up
-    corrupt: dict[str, bytes] = field(default_factory=dict)  # path -> what the CDN sends instead
-    ignore_range: bool = False
-    page_size: int = 4
-    seen: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-    cdn: str = ""
-
-    def requests(self, path_part: str) -> list[dict[str, Any]]:
-        return [r for r in self.seen if path_part in r["path"]]
-
-
-def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-        def _send(self, code: int, body: bytes = b"", headers: Optional[dict[str, str]] = None) -> None:
-            self.send_response(code)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            path = unquote(parts.path)
-            hub.seen.append({"path": path, "query": parts.query, "port": self.server.server_address[1],
-                             "headers": {k.lower(): v for k, v in self.headers.items()}})
-            m = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)$", path)
-            if m:
-                return self._tree(m.group(1), parse_qs(parts.query))
-            m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
-            if m:
-                return self._resolve(m.group(1), m.group(3))
-            m = re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", path)
-            if m and m.group(1) in hub.repos and m.group(2) in hub.repos[m.group(1)]:
-                return self._serve(m.group(2), hub.repos[m.group(1)][m.group(2)], hashlib.sha256(
-                    hub.repos[m.group(1)][m.group(2)]).hexdigest())
-            m = re.match(r"^/files/(.+)$", path)
-            if m and m.group(1) in hub.plain:
-                data = hub.plain[m.group(1)]
-                return self._serve(m.group(1), data, hashlib.sha256(data).hexdigest())
-            self._send(404, b"not found")
-
-        def _allowed(self, repo: str) -> bool:
-            if repo not in hub.repos:
-                self._send(404, b'{"error": "Repository not found"}')
-                return False
-            if repo in hub.gated and self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                self._send(401, b'{"error": "Access to model is restricted"}')
-                return False
-            return True
-
-        def _tree(self, repo: str, query: dict[str, list[str]]) -> None:
-            if not self._allowed(repo):
-                return
-            entries: list[dict[str, Any]] = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": "onnx"}]
-            for path, data in sorted(hub.repos[repo].items()):
-                e: dict[str, Any] = {"type": "file", "oid": _git_blob(data), "size": len(data), "path": path}
-                if _lfs(path, data):
-                    e["oid"] = _git_blob(b"version https://git-lfs.github.com/spec/v1\n")  # the pointer's blob
-                    e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-                entries.append(e)
-            start = int(query.get("cursor", ["0"])[0])
-            page = entries[start:start + hub.page_size]
-            headers = {"Content-Type": "application/json"}
-            if start + hub.page_size < len(entries):
-                nxt = f"{hub.url}/api/models/{repo}/tree/main?recursive=true&cursor={start + hub.page_size}"
-                headers["Link"] = f'<{nxt}>; rel="next"'
-            self._send(200, json.dumps(page).encode(), headers)
-
-        def _resolve(self, repo: str, path: str) -> None:
-            if not self._allowed(repo):
-                return
-            data = hub.repos[repo].get(path)
-            if data is None:
-                return self._send(404, b"Entry not found")
-            if _lfs(path, data):
-                sha = hashlib.sha256(data).hexdigest()
-                return self._send(302, b"", {"Location": f"{hub.cdn}/cdn/{repo}/{path}", "X-Linked-Etag": f'"{sha}"',
-                                             "X-Linked-Size": str(len(data))})
-            self._serve(path, data, _git_blob(data))
-
-        def _serve(self, path: str, data: bytes, etag: str) -> None:
-            body = hub.corrupt.get(path, data)
-            start = 0
-            rng = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
-            if_range = self.headers.get("If-Range")
-            if rng and not hub.ignore_range and (if_range is None or if_range.strip('"') == etag):
-                start = int(rng.group(1))
-                if start >= len(body):
-                    return self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
-            headers = {"ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-            self.send_response(206 if start else 200)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            self.send_header("Content-Length", str(len(body) - start))
-            self.end_headers()
-            cut = hub.drop_once.pop(path, None)
-            if cut is not None:  # hang up part-way through, once
-                self.wfile.write(body[start:cut])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(body[start:])
-
-    return Handler
-
-
 @pytest.fixture
-def hub() -> Iterator[Hub]:
-    state = Hub()
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _handler(state)) for _ in range(2)]
-    for s in servers:
-        s.daemon_threads = True
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    state.url, state.cdn = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
-    yield state
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+def hub() -> Iterator[LoopbackHub]:
+    with serving() as state:
+        yield state
 
 
 @pytest.fixture
@@ -240,7 +59,7 @@ def _leftovers(models: Path) -> list[str]:
 
 # -- tests -------------------------------------------------------------------------------------
 
-def test_pull_of_a_gated_release_then_list_and_verify(hub: Hub, release: dict[str, bytes], config: Path,
+def test_pull_of_a_gated_release_then_list_and_verify(hub: LoopbackHub, release: dict[str, bytes], config: Path,
                                                       capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     hub.repos[REPO_ID] = release
@@ -283,7 +102,7 @@ def test_pull_of_a_gated_release_then_list_and_verify(hub: Hub, release: dict[st
 
 
 @pytest.mark.parametrize("server_resumes", [True, False], ids=["206", "200-restarts"])
-def test_an_interrupted_download_is_resumed_by_the_next_pull(hub: Hub, release: dict[str, bytes], config: Path,
+def test_an_interrupted_download_is_resumed_by_the_next_pull(hub: LoopbackHub, release: dict[str, bytes], config: Path,
                                                             capsys: pytest.CaptureFixture[str],
                                                             server_resumes: bool) -> None:
     hub.repos[REPO_ID] = release
@@ -311,7 +130,7 @@ def test_an_interrupted_download_is_resumed_by_the_next_pull(hub: Hub, release: 
     assert not part.exists()
 
 
-def test_a_checksum_mismatch_installs_nothing_and_drops_the_download(hub: Hub, release: dict[str, bytes],
+def test_a_checksum_mismatch_installs_nothing_and_drops_the_download(hub: LoopbackHub, release: dict[str, bytes],
                                                                     config: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     hub.repos[REPO_ID] = release
@@ -330,16 +149,16 @@ def test_a_checksum_mismatch_installs_nothing_and_drops_the_download(hub: Hub, r
     assert (download / "config.json").is_file()  # files that checked stay for the next run
 
 
-def test_a_small_file_is_checked_by_its_git_blob_id(hub: Hub, release: dict[str, bytes], config: Path,
+def test_a_small_file_is_checked_by_its_git_blob_id(hub: LoopbackHub, release: dict[str, bytes], config: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     hub.repos[REPO_ID] = release
     hub.corrupt["config.json"] = release["config.json"].replace(b"64", b"65", 1)
     assert _pull(config, REPO_ID, "--endpoint", hub.url) == ExitCode.DOWNLOAD_FAILED
     err = capsys.readouterr().err
-    assert "config.json: git blob sha1" in err and _git_blob(release["config.json"]) in err
+    assert "config.json: git blob sha1" in err and git_blob(release["config.json"]) in err
 
 
-def test_a_gguf_url_is_fetched_checked_and_handed_to_the_export(hub: Hub, config: Path, tmp_path: Path,
+def test_a_gguf_url_is_fetched_checked_and_handed_to_the_export(hub: LoopbackHub, config: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The GGUF branch as far as a fast test can take it: no GGUF small enough for a test holds a
     model (a vocabulary-only one, as test_gguf_tokenizer.py writes, makes transformers build a
@@ -374,7 +193,8 @@ def test_a_gguf_url_is_fetched_checked_and_handed_to_the_export(hub: Hub, config
 
 
 @pytest.mark.slow
-def test_a_gguf_pull_of_the_real_270m_exports_it(hub: Hub, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_gguf_pull_of_the_real_270m_exports_it(hub: LoopbackHub, config: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """The built-in model's GGUF (253 MB, from the default-model extra) served as a plain URL:
     pulled, exported with its own blocks, listed, verified."""
     from model_cache import default_gguf
@@ -390,7 +210,7 @@ def test_a_gguf_pull_of_the_real_270m_exports_it(hub: Hub, config: Path, capsys:
     assert main(["model", "verify", str(out), "--tokens", "4"]) == ExitCode.OK
 
 
-def test_a_gguf_pull_without_torch_says_which_extra_and_fetches_nothing(hub: Hub, config: Path) -> None:
+def test_a_gguf_pull_without_torch_says_which_extra_and_fetches_nothing(hub: LoopbackHub, config: Path) -> None:
     hub.plain["m.gguf"] = b"GGUF"
     code = ("import sys; sys.modules['torch'] = None\n"  # what an edge box without the export extra has
             "from edged.cli import main\n"
@@ -431,6 +251,6 @@ def test_what_a_name_means() -> None:
                                                                "gemma-3-4b-it-qat-q4_0")
     s = parse_source("https://x.example/a/b/resolve/main/model-Q4_K_M.gguf?download=1", hub, "main")
     assert (s.kind, s.default_name) == ("url", "model-Q4_K_M")
-    for bad in ("gemma", "https://x.example/a.bin", "../etc/passwd"):
+    for bad in ("gemma", "https://x.example/a.bin", "../etc/passwd", "owner/..", "https://x.example/.gguf"):
         with pytest.raises(SourceError):
             parse_source(bad, hub, "main")

@@ -27,7 +27,7 @@ RELEASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
                  "special_tokens_map.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.json", "chat_template.jinja")
 GRAPHS = ("embed_tokens", "decoder_model_merged")
-_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # as the hub allows: no "..", no dotfile
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -90,6 +90,8 @@ def parse_source(name: str, endpoint: str, revision: str) -> Source:
         parts = urlsplit(name)
         path = unquote(parts.path)
         if path.lower().endswith(".gguf"):
+            if not re.match(r"^[A-Za-z0-9]", PurePosixPath(path).name):
+                raise SourceError(f"{name}: the file's name gives no folder name; pull it with --out DIR")
             return Source("url", endpoint, revision, url=name)
         segs = [s for s in path.split("/") if s]
         if len(segs) >= 2 and _REPO.match("/".join(segs[:2])):
