@@ -254,3 +254,21 @@ def test_what_a_name_means() -> None:
     for bad in ("gemma", "https://x.example/a.bin", "../etc/passwd", "owner/..", "https://x.example/.gguf"):
         with pytest.raises(SourceError):
             parse_source(bad, hub, "main")
+
+
+def test_a_part_the_server_cannot_continue_is_fetched_anew(hub: LoopbackHub, tmp_path: Path) -> None:
+    """A plain URL without a size: a `.part` already as long as the file gets 416 for its Range
+    request, and the file comes again from byte 0."""
+    from edged.models.fetch.download import NoProgress, fetch_file
+    from edged.models.fetch.hub import Hub
+    from edged.models.fetch.plan import RemoteFile
+
+    hub.plain["w.bin"] = data = os.urandom(5000)
+    url = f"{hub.url}/files/w.bin"
+    dest = tmp_path / "w.bin"
+    dest.with_name("w.bin.part").write_bytes(b"x" * 5000)
+    dest.with_name("w.bin.part.json").write_text(json.dumps({"url": url, "sha256": None, "size": None}))
+    sha, checked = fetch_file(Hub(hub.url, None), RemoteFile("w.bin", url), dest, NoProgress())
+    assert dest.read_bytes() == data and sha == hashlib.sha256(data).hexdigest() and checked  # by the ETag
+    assert [r["headers"].get("range") for r in hub.requests("/files/w.bin")] == ["bytes=5000-", None]
+    assert not dest.with_name("w.bin.part").exists() and not dest.with_name("w.bin.part.json").exists()

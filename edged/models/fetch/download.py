@@ -168,7 +168,7 @@ def fetch_file(hub: Hub, f: RemoteFile, dest: Path, progress: Progress) -> tuple
                 part.unlink(missing_ok=True)
                 meta.unlink(missing_ok=True)
                 raise ChecksumError(f"checksum mismatch, nothing installed: {problem} (the download was removed;"
-                                    f" a run again fetches it anew)")
+                                    f" the next run fetches it anew)")
             os.replace(part, dest)
             meta.unlink(missing_ok=True)
             return digests.sha256.hexdigest(), bool(want_sha256 or f.git_sha1)
