@@ -141,6 +141,8 @@ def cmd_model(args: argparse.Namespace) -> ExitCode:
     if args.model_verb == "import":
         return model.import_release(Path(args.dir), Path(args.out), args.dtype, args.name)
     if args.model_verb == "pull":
+        if args.out:
+            configure_logging()  # no config needed; structlog's own default would print on stdout
         models_dir = None if args.out else _settings(args).state_dir / "models"
         return model.pull(args.name, Path(args.out) if args.out else None, models_dir, args.dtype, args.file,
                           args.revision, args.sha256, args.endpoint)

@@ -100,6 +100,12 @@ def test_pull_of_a_gated_release_then_list_and_verify(hub: LoopbackHub, release:
     assert _pull(config, REPO_ID) == ExitCode.INPUT  # the folder is taken: nothing is overwritten
     assert "already holds model tiny-vision-it" in capsys.readouterr().err
 
+    other = config.parent / "elsewhere" / "m"  # --out: no config needed, and stdout keeps to the result
+    assert main(["model", "pull", REPO_ID, "--out", str(other)]) == ExitCode.OK
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == f"    path: {other}" and "model_pulled" not in out and "model_pulled" in err
+    assert Manifest.load(other).check_files(other) == []
+
 
 @pytest.mark.parametrize("server_resumes", [True, False], ids=["206", "200-restarts"])
 def test_an_interrupted_download_is_resumed_by_the_next_pull(hub: LoopbackHub, release: dict[str, bytes], config: Path,
