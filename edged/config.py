@@ -107,6 +107,7 @@ class WatchSettings(_Section):
 
 class SpoolSettings(_Section):
     write_result_files: bool = live(True)
+    write_result_json: bool = live(False)  # out/<task>/<name>.<task>.json beside each result file
     min_free_mb: int = live(256, ge=0)  # below this, intake pauses until space comes back
     # A file with several names may be a link to something outside the spool: refused unless
     # the producers are known to publish by hard link.
@@ -227,6 +228,21 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+class HooksSettings(_Section):
+    # A command (a list: no shell) run after each job ends, with the job's JSON on stdin.
+    post_job: Optional[list[str]] = live(None)
+    run_on: Literal["all", "done", "failed"] = live("all")
+    timeout_seconds: float = live(30.0, gt=0)
+    max_pending: int = live(1000, ge=1)
+
+    @field_validator("post_job")
+    @classmethod
+    def _command(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("a command and its arguments, e.g. [/usr/local/bin/on-job, --quiet]; null for none")
+        return value
+
+
 class Settings(_Section):
     state_dir: Path = Path("/var/lib/edged")
     spool_dir: Path = Path("/var/spool/edged")
@@ -240,6 +256,7 @@ class Settings(_Section):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tasks: TasksSettings = Field(default_factory=TasksSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    hooks: HooksSettings = Field(default_factory=HooksSettings)
 
     # Where the settings came from; not a config key.
     source: Optional[Path] = Field(None, exclude=True)

@@ -18,6 +18,7 @@ from edged.engine.api import Engine, ModelUnavailable
 from edged.engine.loader import model_name
 from edged.exitcodes import EdgedError, ExitCode
 from edged.facts import RuntimeFacts
+from edged.hooks import AfterJob
 from edged.intake import Intake
 from edged.lock import StateLock
 from edged.logs import configure_logging, get_logger
@@ -56,6 +57,7 @@ class Running:
     watcher: SpoolWatcher
     meter: Meter
     windows: WindowWatch
+    after: AfterJob
     schedule: Optional[Schedule] = None
     engine: Optional[Engine] = None
     worker: Optional[Worker] = None
@@ -136,6 +138,8 @@ class Daemon:
         files = SpoolFiles(layout, s.spool.write_result_files)
         files.remove_debris()
         settler = Settler(queue, files)
+        after = AfterJob(s, queue.engine, files)
+        settler.after = after.ended  # reconciled jobs too: their sidecars and hooks were due
         self._until_stored("reconcile", lambda: settler.reconcile(force=True))
         model = model_name(s.model, s.model_dir)
         db_file = sqlite_path(s.database_url)
@@ -150,7 +154,7 @@ class Daemon:
         watcher = SpoolWatcher(layout, s.watch.stability_seconds, intake.take, polling=s.watch.polling,
                                poll_interval=s.watch.poll_interval_seconds)
         return Running(queue, stats, layout, files, settler, guard, facts, intake, watcher,
-                       Meter(stats, model=model), WindowWatch(facts.publish))
+                       Meter(stats, model=model), WindowWatch(facts.publish), after)
 
     def _run(self) -> ExitCode:
         s = self.settings
@@ -280,7 +284,7 @@ class Daemon:
         configure_logging(s.log.level, s.log.format)
         p = self.parts
         if p is not None:
-            for part in (p.queue, p.files, p.intake, p.watcher, p.guard, p.schedule, p.worker):
+            for part in (p.queue, p.files, p.intake, p.watcher, p.guard, p.schedule, p.worker, p.after):
                 if part is not None:
                     part.apply(s)
             p.facts.publish()
@@ -297,5 +301,6 @@ class Daemon:
             p.meter.flush()  # the last partial period, so the table adds up to the jobs done
         except Exception:
             log.exception("throughput_flush_error")
+        p.after.close()
         if p.engine is not None:
             p.engine.close()

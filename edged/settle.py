@@ -33,6 +33,8 @@ class Settler:
         self._clock = clock
         self._trouble: dict[int, tuple[int, float]] = {}  # file id -> (failures, when to try again)
         self._noted_folders: set[str] = set()
+        # Told each job whose files have settled (hooks.py: sidecars, the post-job hook).
+        self.after: Optional[Callable[[int], None]] = None
 
     def result_file(self, rel: str, task: str, output: str) -> None:
         """The result file of a job without input files of its own (spawned by another job)."""
@@ -44,9 +46,18 @@ class Settler:
     def done(self, job_id: int, task: str, output: str) -> None:
         """Settle every pending file of a done job (copies attached while it ran included)."""
         self._settle(self._records(job_id), task, output=output)
+        self._ended(job_id)
 
     def failed(self, job_id: int, task: str, error: str, attempts: int) -> None:
         self._settle(self._records(job_id), task, error=error, attempts=attempts)
+        self._ended(job_id)
+
+    def _ended(self, job_id: int) -> None:
+        if self.after is not None:
+            try:
+                self.after(job_id)
+            except Exception as exc:  # the job is settled; what comes after is a convenience
+                log.warning("after_job_failed", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
 
     def job(self, job_id: int, task: str, records: Optional[Sequence[FileRecord]] = None) -> None:
         """Settle a finished job's files, reading its outcome from the store."""
@@ -64,6 +75,7 @@ class Settler:
             self._settle(records, task, output=output or "")
         else:
             self._settle(records, task, error=error or "failed", attempts=attempts)
+        self._ended(job_id)
 
     def reconcile(self, force: bool = False) -> int:
         """Finish the moves a crash or a file's trouble left undone; returns how many files were settled.

@@ -204,6 +204,16 @@ class SpoolFiles:
                 return "/".join(["out", *parts[:-1], cand])
         raise AssertionError("unreachable")
 
+    def write_sidecar(self, result_rel: str, data: bytes) -> str:
+        """`<result>.json` beside a result file (`x.jpg.caption.txt` -> `x.jpg.caption.json`), replaced whole."""
+        parts = result_rel.split("/")
+        if parts[0] != "out" or not parts[-1].endswith(".txt"):
+            raise ValueError(f"{result_rel} is not a result file")
+        name = parts[-1][: -len(".txt")] + ".json"
+        with self.fs.folder(parts[:-1], create_mode=DIR_MODE) as d:
+            replace_file(d, name, data)
+        return "/".join([*parts[:-1], name])
+
     # -- upkeep ------------------------------------------------------------------------
 
     def remove_debris(self) -> int:
