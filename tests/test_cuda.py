@@ -87,3 +87,13 @@ def test_without_any_onnxruntime_the_model_error_says_which_extra(tmp_path: Path
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "onnxruntime is not installed" in res.stdout and "edged[cpu]" in res.stdout, res.stdout + res.stderr
+
+
+def test_pip_cuda_is_looked_for_where_preload_dlls_looks(monkeypatch, tmp_path: Path) -> None:
+    """CUDA 13's pip wheel is one nvidia/cu13 package beside onnxruntime (no nvidia/cuda_runtime)."""
+    site = tmp_path / "site-packages"
+    (site / "onnxruntime").mkdir(parents=True)
+    monkeypatch.setattr(ort, "__file__", str(site / "onnxruntime" / "__init__.py"))
+    assert not cuda._pip_cuda_present()
+    (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    assert cuda._pip_cuda_present()

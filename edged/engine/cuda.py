@@ -70,11 +70,12 @@ def _provider_library() -> Path:
 
 
 def _pip_cuda_present() -> bool:
-    """Whether CUDA libraries came from pip (onnxruntime-gpu[cuda,cudnn]): preload_dlls finds those."""
-    for entry in sys.path:
-        if entry and (Path(entry) / "nvidia" / "cuda_runtime").is_dir():
-            return True
-    return False
+    """Whether CUDA libraries came from pip (onnxruntime-gpu[cuda,cudnn]), where preload_dlls looks.
+
+    It looks in the site-packages folder beside onnxruntime's: nvidia/cu13/lib for CUDA 13's
+    consolidated wheel, nvidia/<component>/lib for CUDA 12's, nvidia/cudnn/lib for cuDNN.
+    """
+    return (Path(ort.__file__).resolve().parent.parent / "nvidia").is_dir()
 
 
 def _loaded_cudart() -> str | None:
