@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/", help="install into this tree instead of / (an image, a test)")
     p.add_argument("--config", dest="config_path", default="/etc/edged/config.yaml",
                    help="where the config lives (written from config.example.yaml only when absent)")
-    p.add_argument("--spool", default="/var/spool/edged", help="the spool folder (default /var/spool/edged)")
+    p.add_argument("--spool", help="the spool folder (default: the one an existing config names, else"
+                   " /var/spool/edged)")
     p.add_argument("--bin", help="the edged program the unit starts (default: the one of this install)")
     p.add_argument("--enable", action="store_true", help="also systemctl enable --now edged")
 
@@ -321,4 +322,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return int(ExitCode.OK)
+        # The daemon losing its log stream is a failure, not a clean stop: Restart=on-failure
+        # must start it again.
+        return int(ExitCode.ERROR if args.verb == "run" else ExitCode.OK)

@@ -73,6 +73,9 @@ def test_the_installed_unit_verifies_and_stays_hardened(installed) -> None:
     assert "ReadWritePaths=/srv/spool" in unit and "RequiresMountsFor=/srv/spool /var/lib/edged" in unit
     assert re.search(r"^RestartPreventExitStatus=3 6 9 10$", unit, re.M)
     assert "network-online" not in unit and f"ExecReload={exe.group(1)} reload" in unit
+    # By device group: a path rule for a node missing at start (nvidia-uvm before its module
+    # loads) would be dropped.
+    assert "DeviceAllow=char-nvidia-uvm rw" in unit and not re.search(r"^DeviceAllow=/dev/nvidia", unit, re.M)
     doc = re.search(r"^Documentation=file://(\S+)$", unit, re.M)
     assert doc and (root / doc.group(1).lstrip("/")).is_file()
     dropin = (units / "edged.service.d" / "devices.conf").read_text()
@@ -97,3 +100,47 @@ def test_running_it_again_keeps_the_operators_config(installed) -> None:
     assert "edited by the operator" in config.read_text()
     assert "kept      /etc/edged/config.yaml (exists)" in res.stdout
     assert "kept      /etc/systemd/system/edged.service (unchanged)" in res.stdout
+
+
+def test_a_rerun_without_spool_keeps_the_spool_the_config_names(installed) -> None:
+    root, _ = installed
+    res = _install(root)  # no --spool: the kept config says /srv/spool
+    assert res.returncode == 0, res.stderr
+    unit = (root / "etc" / "systemd" / "system" / "edged.service").read_text()
+    assert "ReadWritePaths=/srv/spool" in unit and "RequiresMountsFor=/srv/spool /var/lib/edged" in unit
+    assert not (root / "var" / "spool" / "edged").exists()
+    res = _install(root, "--spool", "/mnt/elsewhere")
+    assert res.returncode == 0 and "names spool_dir /srv/spool and is kept" in res.stderr
+
+
+def test_a_config_outside_etc_edged_leaves_its_folder_alone(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    os.chmod(root / "etc", 0o755)
+    res = _install(root, "--config", "/etc/edged.yaml")
+    assert res.returncode == 0, res.stderr
+    assert oct((root / "etc").stat().st_mode & 0o7777) == "0o755" and (root / "etc").stat().st_uid == 0
+    conf = root / "etc" / "edged.yaml"
+    assert oct(conf.stat().st_mode & 0o777) == "0o640"
+    unit = (root / "etc" / "systemd" / "system" / "edged.service").read_text()
+    assert "run --config /etc/edged.yaml" in unit
+
+
+def test_a_box_without_a_jetson_gets_no_devices_dropin(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "dev" / "dri").mkdir(parents=True)
+    (root / "dev" / "dri" / "renderD128").touch()  # an Intel iGPU or nvidia-drm: not a Jetson
+    (root / "dev" / "nvidia0").touch()  # a dGPU: the unit's own rules cover it
+    assert _install(root).returncode == 0
+    assert not (root / "etc" / "systemd" / "system" / "edged.service.d").exists()
+
+
+def test_a_kept_config_the_daemon_could_not_read_gets_group_read(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    conf = root / "etc" / "edged" / "config.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("state_dir: /var/lib/edged\n")
+    os.chmod(conf, 0o600)
+    res = _install(root)
+    assert res.returncode == 0 and "g+r" in res.stdout
+    assert oct(conf.stat().st_mode & 0o777) == "0o640" and conf.read_text() == "state_dir: /var/lib/edged\n"

@@ -32,7 +32,7 @@ UNIT_STATE = "/var/lib/edged"  # the unit's StateDirectory=edged: not movable
 DOC_DIR = "/usr/local/share/doc/edged"
 # A Jetson's integrated GPU (nvmap, nvhost-* on JetPack 5, nvgpu/ on JetPack 6); dGPU nodes
 # are in the unit itself.
-JETSON_NODES = ("nvmap", "nvhost-*", "nvgpu/*/*", "nvgpu/*", "nvhost-ctrl-gpu", "dri/renderD*")
+JETSON_NODES = ("nvmap", "nvhost-*", "nvgpu/*/*", "nvgpu/*")
 
 
 @dataclass
@@ -71,7 +71,21 @@ def _edged_program(given: Optional[str]) -> str:
     found = given or shutil.which("edged", path=str(Path(sys.executable).parent)) or shutil.which("edged")
     if not found:
         raise CliError("cannot find the edged program of this install: name it with --bin", ExitCode.USAGE)
+    if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise CliError(f"--bin {found}: not an executable file", ExitCode.USAGE)
     return os.path.abspath(found)
+
+
+def _spool_of(config: Path) -> Optional[str]:
+    """The spool an existing config names (a re-run must not move the unit away from it)."""
+    try:
+        match = re.search(r"(?m)^spool_dir:\s*(\S+)\s*$", config.read_text())
+    except OSError:
+        return None
+    if match is None:
+        return None
+    value = match.group(1).strip("'\"")
+    return value if os.path.isabs(value) else str((config.parent / value).resolve())
 
 
 def render_unit(text: str, bin_path: str, config: str, spool: str, state: str = UNIT_STATE) -> str:
@@ -80,9 +94,10 @@ def render_unit(text: str, bin_path: str, config: str, spool: str, state: str = 
     return text.replace(f"ReadWritePaths={UNIT_SPOOL}", f"ReadWritePaths={spool}")
 
 
-def render_tmpfiles(text: str, spool: str, config: str) -> str:
-    text = re.sub(rf"(?m)^(\S+\s+){re.escape(UNIT_SPOOL)}", lambda m: m.group(1) + spool, text)
-    return re.sub(r"(?m)^(d\s+)/etc/edged(\s)", lambda m: m.group(1) + str(Path(config).parent) + m.group(2), text)
+def render_tmpfiles(text: str, spool: str) -> str:
+    # Only the spool moves. /etc/edged stays as it is even for a config elsewhere: a tmpfiles
+    # line for the config's own folder would set /etc (or wherever) to 0750 root:edged.
+    return re.sub(rf"(?m)^(\S+\s+){re.escape(UNIT_SPOOL)}", lambda m: m.group(1) + spool, text)
 
 
 def render_config(example: str, spool: str) -> str:
@@ -116,21 +131,26 @@ def _numeric_acls(text: str, root: Path) -> str:
     return re.sub(r"d:g:([a-z_][\w-]*):", lambda m: f"d:g:{_gid(root, m.group(1))}:", text)
 
 
-def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: str = UNIT_SPOOL, bin_path: Optional[str] = None,
-                    enable: bool = False) -> ExitCode:
+def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: Optional[str] = None,
+                    bin_path: Optional[str] = None, enable: bool = False) -> ExitCode:
     if os.geteuid() != 0:
         raise CliError("install-service makes a system account and folders owned by it: run it as root",
                        ExitCode.NO_ACCESS)
     for tool in ("systemd-sysusers", "systemd-tmpfiles"):
         if shutil.which(tool) is None:
             raise CliError(f"{tool} not found: this sets up a systemd service (systemd >= 250)", ExitCode.ERROR)
+    root = root.resolve()
+    warnings = []
+    kept_spool = _spool_of(root / config.lstrip("/"))
+    if spool is None:
+        spool = kept_spool or UNIT_SPOOL
+    elif kept_spool and kept_spool != spool:
+        warnings.append(f"{config} names spool_dir {kept_spool} and is kept as it is: change it to {spool} there")
     for name, value in (("--config", config), ("--spool", spool)):
         if not os.path.isabs(value):
             raise CliError(f"{name} must be an absolute path (got {value})", ExitCode.USAGE)
-    root = root.resolve()
     job = Install(root, _edged_program(bin_path), config, spool)
     on_host = root == Path("/")
-    warnings = []
     if job.bin.startswith(("/home/", "/root/")):
         warnings.append(f"{job.bin} lies under /home or /root, which the unit hides (ProtectHome=true): install"
                         " edged into /opt (python3 -m venv /opt/edged) for the service")
@@ -138,7 +158,7 @@ def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: str = UNIT_
     job.write("/etc/sysusers.d/edged.conf", resource("systemd/edged.sysusers.conf").read_text())
     job.run("systemd-sysusers", *([] if on_host else [f"--root={root}"]), str(job.at("/etc/sysusers.d/edged.conf")))
 
-    tmpfiles = render_tmpfiles(resource("systemd/edged.tmpfiles.conf").read_text(), spool, config)
+    tmpfiles = render_tmpfiles(resource("systemd/edged.tmpfiles.conf").read_text(), spool)
     job.write("/etc/tmpfiles.d/edged.conf", tmpfiles)
     if on_host:
         job.run("systemd-tmpfiles", "--create", str(job.at("/etc/tmpfiles.d/edged.conf")))
@@ -148,8 +168,13 @@ def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: str = UNIT_
             numeric.flush()
             job.run("systemd-tmpfiles", "--create", f"--root={root}", numeric.name)
 
+    job.at(config).parent.mkdir(parents=True, exist_ok=True)  # never chmod-ed: it may be /etc itself
     job.write(config, render_config(resource("config.example.yaml").read_text(), spool), mode=0o640, keep=True)
     os.chown(job.at(config), 0, _gid(root, "edged"))
+    mode = job.at(config).stat().st_mode & 0o777
+    if not mode & 0o040:  # the daemon reads it through its group: 0600 would make it exit 3
+        os.chmod(job.at(config), mode | 0o040)
+        job.done.append(f"chmod     {config} g+r (the daemon reads it as group edged)")
     for doc in ("README.md", "LICENSE"):
         job.write(f"{DOC_DIR}/{doc}", resource(doc).read_text())
 
@@ -170,8 +195,9 @@ def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: str = UNIT_
         print(line)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"\nNext: build or pull a model as the service user (sudo -u edged {job.bin} model build-default -c {config}"
-          " on a box with the export extra, or copy a model folder into /var/lib/edged/models/),")
+    print(f"\nNext: a model. Pull a published release (sudo -u edged {job.bin} model pull NAME -c {config}), or build"
+          " the built-in one where the export extra is installed (README, \"Running as a service\") and copy the"
+          " folder into /var/lib/edged/models/;")
     print(f"add producers to group edged (usermod -aG edged scanner), edit {config},"
           " and start it: systemctl enable --now edged; journalctl -u edged -f")
     return ExitCode.OK
