@@ -198,3 +198,16 @@ def test_a_database_edged_cannot_use_is_a_clean_exit_naming_the_fix(tmp_path: Pa
     res = subprocess.run([sys.executable, "-m", "edged", "status", "-c", str(path)], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == ExitCode.CONFIG and "only SQLite URLs" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_broken_pipe_in_the_daemon_is_a_failure_not_a_clean_stop() -> None:
+    """Every other verb ends quietly with 0 on a closed pipe; `run` must exit non-zero so that
+    systemd's Restart=on-failure starts it again."""
+    code = ("import sys, edged.cli as c\n"
+            "def broken(args):\n    raise BrokenPipeError()\n"
+            "c.cmd_run = c.cmd_status = broken\n"
+            "sys.exit(c.main(sys.argv[1:]))\n")
+    run = subprocess.run([sys.executable, "-c", code, "run"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    status = subprocess.run([sys.executable, "-c", code, "status"], capture_output=True, text=True, timeout=60,
+                            cwd=REPO)
+    assert (run.returncode, status.returncode) == (ExitCode.ERROR, ExitCode.OK), run.stderr + status.stderr
