@@ -237,3 +237,25 @@ def test_on_a_device_auto_keeps_the_traced_decoder(monkeypatch) -> None:
     folder = built_model(TINY, weights="fp32")
     engine = OnnxEngine(folder, SessionSettings(provider="cpu", threads=1))
     assert isinstance(engine.generator, Generator) and not engine.continuous
+
+
+def test_an_onnxruntime_without_the_fused_kernels_runs_the_traced_decoder(monkeypatch) -> None:
+    """ONNX Runtime 1.23 (the last for Python 3.10) refuses the fused graph (sliding_window_cache is
+    unknown to it): auto runs the traced decoder and says why; fused, asked for, is an error."""
+    import edged.engine.onnx as onnx_engine
+
+    real = onnx_engine.open_session
+
+    def old_runtime(path, settings, want):
+        if path.name == "decoder_fused.onnx":
+            raise ModelUnavailable(f"{path.name}: onnxruntime cannot load it: Unrecognized attribute:"
+                                   " sliding_window_cache for operator GroupQueryAttention")
+        return real(path, settings, want)
+    monkeypatch.setattr(onnx_engine, "open_session", old_runtime)
+    folder = built_model(TINY, weights="fp32")
+    session = SessionSettings(provider="cpu", threads=1)
+    engine = OnnxEngine(folder, session)
+    assert isinstance(engine.generator, Generator) and not engine.continuous
+    assert engine.generate([Request(text="still answers", max_new_tokens=4)])[0].output_tokens >= 1
+    with pytest.raises(ModelUnavailable, match="sliding_window_cache"):
+        OnnxEngine(folder, session, decode=DecodeSettings(decoder="fused"))

@@ -57,7 +57,22 @@ class OnnxEngine:
                      detail="the fused decoder is fp32; on a device the traced decoder runs (model.decoder: fused"
                             " forces it)")
             fused = None
-        self.decoder, got = open_session(model_dir / (fused or m.graph("decoder")), session, got)
+        self.decoder = None
+        if fused:
+            try:
+                self.decoder, got = open_session(model_dir / fused, session, got)
+            except ModelUnavailable as exc:
+                if decode.decoder == "fused":
+                    raise
+                # An older ONNX Runtime (1.23, the last for Python 3.10) lacks attributes the
+                # fused graph uses (GroupQueryAttention's sliding_window_cache): run the traced one.
+                log.warning("fused_decoder_unavailable", error=str(exc).splitlines()[0][:400],
+                            onnxruntime=ort.__version__,
+                            detail="the traced decoder runs instead (no continuous batching); ONNX Runtime"
+                                   " 1.31 or newer runs the fused one")
+                fused = None
+        if self.decoder is None:
+            self.decoder, got = open_session(model_dir / m.graph("decoder"), session, got)
         self.vision: Optional[ort.InferenceSession] = None
         if m.graphs.get("vision"):
             self.vision, got = open_session(model_dir / m.graph("vision"), session, got)
