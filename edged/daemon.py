@@ -259,6 +259,9 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc), detail="the running configuration stays in force")
             outcome.update(ok=False, error=str(exc))
+        except Exception as exc:  # a part refused its share: say so, to `edged reload` too
+            log.exception("reload_failed", error=f"{type(exc).__name__}: {exc}")
+            outcome.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         if self.parts is not None:
             self.parts.facts.publish(reload=outcome)
         self.notify.ready("configuration reloaded" if outcome["ok"] else "reload refused; running configuration kept")

@@ -135,6 +135,16 @@ def test_edged_reload_returns_once_the_daemon_has_reloaded_and_fails_on_a_refuse
     d.config_path.write_text(yaml.safe_dump(d.config))
     res = _edged(d, "reload", "--pid", str(d.proc.pid))
     assert res.returncode == 3 and "reload refused" in res.stderr and "model.batch_size" in res.stderr
+    # A file that moves the state (a key that waits for a restart): the daemon is told, and the
+    # command does not wait on a database the daemon does not use.
+    d.config["model"]["batch_size"] = 2
+    d.config["state_dir"] = str(d.root / "state-elsewhere")
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    before = len([e for e in d.events() if e.get("event") == "config_reloaded"])
+    res = _edged(d, "reload", "--pid", str(d.proc.pid))
+    assert res.returncode == 0 and "not the one it runs on" in res.stdout, res.stdout + res.stderr
+    d.wait_for_event("config_reloaded", count=before + 1)
+    assert "state_dir" in d.last_event("config_reloaded")["restart_needed"]
     assert d.stop() == 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from edged.commands import command_parts
 from edged.config import Settings
-from edged.exitcodes import CliError, ExitCode
+from edged.exitcodes import CliError, EdgedError, ExitCode
 from edged.store.stats import Stats
 
 
@@ -24,18 +24,33 @@ def _runtime(settings: Settings) -> dict[str, Any]:
     return Stats(command_parts(settings, "read").queue.engine).runtime()
 
 
-def reload(settings: Settings, pid: Optional[int], timeout: float) -> ExitCode:
-    if pid is None:
-        pid = _runtime(settings).get("pid")
-        if not isinstance(pid, int):
-            raise CliError("no daemon has run on this database (no pid recorded)", ExitCode.NOT_FOUND)
-    t0 = time.time()
+def _signal(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         raise CliError(f"no daemon runs as pid {pid}", ExitCode.NOT_FOUND) from None
     except PermissionError:
         raise CliError(f"may not signal pid {pid}: run as its user or root", ExitCode.NO_ACCESS) from None
+
+
+def reload(settings: Settings, pid: Optional[int], timeout: float) -> ExitCode:
+    try:
+        recorded = _runtime(settings).get("pid")
+    except EdgedError:
+        recorded = None  # no database where this config says: it may have moved (state_dir, database)
+    if pid is None:
+        if not isinstance(recorded, int):
+            raise CliError("no daemon has run on this database (no pid recorded)", ExitCode.NOT_FOUND)
+        pid = recorded
+    if recorded != pid:
+        # The edited file names another database than the one the daemon uses (state_dir or
+        # database changed: keys that wait for a restart), so its word cannot be read here.
+        _signal(pid)
+        print(f"signalled pid {pid}; not waiting for its word: this config's database ({settings.database_url}) is"
+              " not the one it runs on (state_dir or database changed: restart the service for those)")
+        return ExitCode.OK
+    t0 = time.time()
+    _signal(pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         outcome = _runtime(settings).get("reload")
