@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
@@ -85,3 +86,43 @@ def test_cuda_offered_but_not_working_is_said_so(tmp_path: Path, capsys, monkeyp
     assert "the CPU is used" in checks["onnxruntime"]["detail"]
     _code, checks = _doctor(capsys, _config(tmp_path, engine="onnx", provider="cuda", path=str(tmp_path / "m")))
     assert checks["onnxruntime"]["result"] == "FAIL"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_model_files_the_daemons_user_cannot_read_fail(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import users
+    from conftest import REPO
+    from model_cache import built_model
+
+    users.ensure_users()
+    base = Path(tempfile.mkdtemp(prefix="edged-doctor-", dir="/tmp"))  # every user may enter it
+    os.chmod(base, 0o755)
+    model = base / "model"
+    shutil.copytree(built_model(f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}", weights="fp32"), model)
+    os.chmod(model, 0o755)
+    for p in model.iterdir():
+        os.chmod(p, 0o644)
+    os.chmod(model / "weights.data" if (model / "weights.data").exists() else next(model.glob("*.onnx")), 0o600)
+    try:
+        cfg = _config(tmp_path, engine="onnx", path=str(model))
+        _code, checks = _doctor(capsys, cfg, "--user", users.DAEMON)
+        assert checks["model_access"]["result"] == "FAIL" and "may not read" in checks["model_access"]["detail"]
+        assert checks["model_access"]["fix"].startswith(f"chown -R {users.DAEMON}:")
+        for p in model.iterdir():
+            os.chmod(p, 0o644)
+        _code, checks = _doctor(capsys, cfg, "--user", users.DAEMON)
+        assert checks["model_access"]["result"] == "ok", checks["model_access"]
+    finally:
+        shutil.rmtree(base)
+
+
+def test_every_failure_names_a_fix(tmp_path: Path, capsys) -> None:
+    cfg = _config(tmp_path, engine="onnx", path=str(tmp_path / "none"), provider="cuda")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "edged.db").write_text("not a database")
+    _code, checks = _doctor(capsys, cfg)
+    failed = [c for c in checks.values() if c["result"] == "FAIL"]
+    assert {c["check"] for c in failed} >= {"model", "database"}, failed
+    assert all(c["fix"] for c in failed), failed

@@ -99,11 +99,25 @@ def checks(settings: Settings, user: str) -> list[Access]:
             if side == db or os.path.exists(side):
                 fix = f"chown {user}:{_group(user)} {db}*   (files root made while acting for the daemon)"
                 found.append(_file(f"db_file{side.name[len(db.name):]}", side, user, True, fix))
-    model = settings.model_dir
-    if os.path.exists(model) and not os.access(model, os.R_OK | os.X_OK):
-        found.append(Access("model_access", "FAIL", f"{user} may not read {model}",
-                            f"chown -R {user}:{_group(user)} {model}   (or chmod -R g+rX, o+rX)"))
+    found.append(_model(settings.model_dir, user))
     return found
+
+
+def _model(model: Path, user: str) -> Access:
+    """The model folder and every file in it readable (a model pulled by root with umask 077 is not)."""
+    fix = f"chown -R {user}:{_group(user)} {model}   (or chmod -R g+rX {model})"
+    try:
+        os.stat(model)
+    except FileNotFoundError:
+        return Access("model_access", "ok", f"{model} does not exist (the model check says more)")
+    except PermissionError:
+        return Access("model_access", "FAIL", f"{user} may not reach {model}: a folder above it is closed", fix)
+    if not os.access(model, os.R_OK | os.X_OK):
+        return Access("model_access", "FAIL", f"{user} may not read {model}", fix)
+    closed = [p.name for p in sorted(model.iterdir()) if not os.access(p, os.R_OK)]
+    if closed:
+        return Access("model_access", "FAIL", f"{user} may not read {', '.join(closed[:4])} in {model}", fix)
+    return Access("model_access", "ok", f"{user} may read {model} and its files")
 
 
 def as_user(user: str, fn: Callable[[], list[Access]]) -> list[Access]:

@@ -41,13 +41,27 @@ def _spool_fs(settings: Settings) -> tuple[str, str]:
 
 
 def _database(settings: Settings) -> tuple[str, str]:
+    try:
+        return _database_state(settings)
+    except Exception as exc:  # not SQLite's, damaged, or unreadable in a way nothing names
+        return FAIL, (f"{type(exc).__name__}: {str(exc).splitlines()[0]}; fix: stop the daemon, keep the file aside"
+                      f" (mv {settings.database_url.removeprefix('sqlite:///')} …) and restore a backup, or let the"
+                      " daemon start a new one")
+
+
+def _database_state(settings: Settings) -> tuple[str, str]:
     from edged.commands import command_parts
     from edged.exitcodes import EdgedError
 
     try:
         parts = command_parts(settings, "read")
     except EdgedError as exc:
-        return (WARN if exc.code == ExitCode.NOT_FOUND else FAIL), str(exc)
+        if exc.code == ExitCode.NOT_FOUND:
+            return WARN, str(exc)
+        fix = {ExitCode.NO_ACCESS: "chown the database and its -wal/-shm to the daemon's user (see db_file above)",
+               ExitCode.DATABASE: "run the edged that made it (a newer one), or restore an older backup of the"
+                                  " database"}.get(exc.code, "see the message")
+        return FAIL, f"{exc}; fix: {fix}"
     from edged.store.queries import queue_summary
     from edged.store.schema import SCHEMA_VERSION
 
@@ -89,7 +103,8 @@ def _spool_safety(settings: Settings) -> tuple[str, str]:
                     warnings.append(f"{path}: the daemon may not remove files from it (made by a producer with"
                                     " umask 022?): its files are copied, not moved")
     if problems:
-        return FAIL, "; ".join(problems)
+        return FAIL, ("; ".join(problems) + "; fix: replace each link or special file named with a plain folder"
+                      " (the daemon does not use it until then), or run edged install-service")
     if warnings:
         return WARN, "; ".join(warnings[:5]) + (f" (+{len(warnings) - 5} more)" if len(warnings) > 5 else "")
     return OK, "no links, no group-writable daemon folders, every inbox folder movable"
@@ -110,8 +125,9 @@ def _providers(settings: Settings) -> tuple[str, str]:
     found = cuda.probe()
     if not found.usable:
         level = FAIL if settings.model.provider == "cuda" else OK
+        fix = ("; fix: install what is missing, or set model.provider: auto/cpu" if level == FAIL else "")
         return level, (f"onnxruntime {ort.__version__} ({offered}); CUDA does not work here: {found.reason};"
-                       " the CPU is used")
+                       f" the CPU is used{fix}")
     graph = _embedding_graph(settings)
     if graph is None:
         return WARN, f"onnxruntime {ort.__version__}: CUDA offered ({found.reason}), not tried (no model to run)"
@@ -121,10 +137,15 @@ def _providers(settings: Settings) -> tuple[str, str]:
             name = sess.get_inputs()[0].name
             sess.run(None, {name: np.array([[2]], dtype=np.int64)})
     except Exception as exc:
-        return FAIL, f"CUDA offered ({found.reason}) but a session on it failed: {str(exc).splitlines()[0]}"
+        return FAIL, (f"CUDA offered ({found.reason}) but a session on it failed: {str(exc).splitlines()[0]};"
+                      " fix: check the driver (nvidia-smi) and that CUDA and cuDNN match this onnxruntime"
+                      " (pip install 'edged[gpu]'), or set model.provider: cpu")
     if sess.get_providers()[0] != "CUDAExecutionProvider":
-        return FAIL, "CUDA offered but the session came up on the CPU (CUDA or cuDNN libraries missing?)"
-    return OK, f"CUDA works: a session on CUDAExecutionProvider ran {graph.name} ({found.reason})"
+        return FAIL, ("CUDA offered but the session came up on the CPU; fix: install the CUDA and cuDNN libraries"
+                      " this onnxruntime was built for (pip install 'edged[gpu]')")
+    # Outside the unit's sandbox: its device rules and groups are not this process's.
+    return OK, (f"CUDA works: a session on CUDAExecutionProvider ran {graph.name} ({found.reason}); as the"
+                " service it runs under the unit's device rules (the model_loaded line says what it got)")
 
 
 def _embedding_graph(settings: Settings) -> Optional[Path]:
@@ -206,7 +227,8 @@ def doctor(settings: Settings, as_json: bool = False, user: Optional[str] = None
         try:
             found = _with_fix(*check())
         except Exception as exc:
-            found = Access("", FAIL, f"{type(exc).__name__}: {exc}")
+            found = Access("", FAIL, f"{type(exc).__name__}: {exc}",
+                           "see the message; edged doctor --json gives it whole")
         found.check = name
         report.append(found)
     failed = any(r.result == FAIL for r in report)
