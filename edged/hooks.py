@@ -118,7 +118,14 @@ class AfterJob:
             out, _ = proc.communicate(payload, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                # Something that left the process group (setsid) still holds the pipe: stop
+                # reading it rather than wait for it.
+                if proc.stdout is not None:
+                    proc.stdout.close()
+                proc.wait(timeout=5)
             log.warning("hook_timeout", job_id=job_id, command=self.command[0], timeout_s=self.timeout,
                         detail="killed with its process group; the job is not affected")
             return

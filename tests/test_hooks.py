@@ -76,6 +76,23 @@ def test_a_hanging_hook_is_killed_with_what_it_started(daemon_factory, tmp_path:
     assert left.stdout == "", "the hook's own child outlived the timeout"
 
 
+def test_a_hook_whose_child_escapes_the_group_does_not_hang_the_hooks(daemon_factory, tmp_path: Path) -> None:
+    """A grandchild in a session of its own keeps the output pipe open past the kill: the hook
+    thread stops reading it and goes on to the next job."""
+    marker = f"edged-hook-setsid-{tmp_path.name}"
+    escape = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)',"
+              f" {marker!r}], start_new_session=True); sys.stdin.read(); time.sleep(60)")
+    d = daemon_factory(model={"options": {"mode": "echo"}},
+                       hooks={"post_job": [sys.executable, "-c", escape], "timeout_seconds": 1})
+    for i in range(2):
+        _drop(d, f"translate/de/s{i}.txt", f"Text {i}.\n".encode())
+    d.start()
+    _settled(d, 2)
+    d.wait_for_event("hook_timeout", timeout=40, count=2)  # the second ran: the first did not hang the thread
+    assert d.stop() == 0
+    subprocess.run(["pkill", "-f", marker], capture_output=True)
+
+
 def test_a_failing_hook_is_logged_and_the_job_stays_done(daemon_factory) -> None:
     d = daemon_factory(model={"options": {"mode": "echo"}},
                        hooks={"post_job": [sys.executable, "-c", "import sys; print('no'); sys.exit(3)"]})
