@@ -170,8 +170,8 @@ def test_a_gguf_url_is_fetched_checked_and_handed_to_the_export(hub: LoopbackHub
     model (a vocabulary-only one, as test_gguf_tokenizer.py writes, makes transformers build a
     default-sized random Gemma 3: 8 GB of RAM), so the file served is a GGUF written by gguf-py
     and cut short. It is fetched, checked (against --sha256, then the server's ETag), handed to
-    the export, whose refusal (gguf.check_tensors: not a whole model) installs nothing. The whole road, with the real 270M: the slow
-    test below."""
+    the export, whose refusal (gguf.check_tensors: not a whole model) installs nothing. The whole
+    road, with the real 270M: the slow test below."""
     gguf = pytest.importorskip("gguf")
     np = pytest.importorskip("numpy")
     path = tmp_path / "tiny-it-Q4_K_M.gguf"
@@ -278,3 +278,24 @@ def test_a_part_the_server_cannot_continue_is_fetched_anew(hub: LoopbackHub, tmp
     assert dest.read_bytes() == data and sha == hashlib.sha256(data).hexdigest() and checked  # by the ETag
     assert [r["headers"].get("range") for r in hub.requests("/files/w.bin")] == ["bytes=5000-", None]
     assert not dest.with_name("w.bin.part").exists() and not dest.with_name("w.bin.part.json").exists()
+
+
+@pytest.mark.parametrize("hostile", ["onnx/decoder_model_merged_q4.onnx_data/../../../../escape",
+                                     "/etc/escape.gguf", "..\\escape.gguf", "onnx//x.onnx_data"])
+def test_a_file_list_that_points_outside_the_download_is_refused(hostile: str) -> None:
+    from edged.models.fetch.hub import DownloadError
+    from edged.models.fetch.plan import safe_path
+
+    with pytest.raises(DownloadError, match="not a plain relative path"):
+        safe_path(hostile)
+    assert safe_path("onnx/decoder_model_merged_q4.onnx_data_1") == "onnx/decoder_model_merged_q4.onnx_data_1"
+
+
+def test_a_hostile_hub_cannot_write_outside_the_download(hub: LoopbackHub, release: dict[str, bytes], config: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    escape = config.parent / "escaped"
+    hostile = "onnx/decoder_model_merged_q4.onnx_data/" + "../" * 8 + str(escape).lstrip("/")
+    hub.repos[REPO_ID] = {**release, hostile: b"written outside"}
+    assert _pull(config, REPO_ID, "--endpoint", hub.url) == ExitCode.DOWNLOAD_FAILED
+    assert "not a plain relative path, refused" in capsys.readouterr().err
+    assert not escape.exists() and not (config.parent / "state" / "models" / "tiny-vision-it").exists()

@@ -105,9 +105,21 @@ def parse_source(name: str, endpoint: str, revision: str) -> Source:
                       f" onnx-community/gemma-3-4b-it-ONNX), a hub URL, or the URL of a .gguf file")
 
 
+def safe_path(path: str) -> str:
+    """A repository path to write below the download folder, or DownloadError.
+
+    The file list comes from whatever server the name or --endpoint points at: `..`, an
+    absolute path or a backslash there would write outside the folder."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\\" in path or "\0" in path
+            or any(p in ("", ".", "..") or len(p.encode()) > 255 for p in parts)):
+        raise DownloadError(f"the server lists a file at {path!r}: not a plain relative path, refused")
+    return path
+
+
 def _remote(hub: Hub, source: Source, entry: dict[str, Any]) -> RemoteFile:
     lfs = entry.get("lfs") or {}
-    path = str(entry["path"])
+    path = safe_path(str(entry["path"]))
     assert source.repo is not None
     return RemoteFile(path=path, url=hub.resolve_url(source.repo, source.revision, path),
                       size=int(lfs.get("size", entry.get("size", 0))),
@@ -146,7 +158,7 @@ def plan_pull(hub: Hub, source: Source, dtype: str, pattern: Optional[str], sha2
         raise SourceError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     if source.kind == "url":
         assert source.url is not None
-        name = PurePosixPath(unquote(urlsplit(source.url).path)).name
+        name = safe_path(PurePosixPath(unquote(urlsplit(source.url).path)).name)
         return Plan("gguf", source, (RemoteFile(path=name, url=source.url, sha256=sha256.lower() if sha256 else None),))
     assert source.repo is not None
     entries = {str(e["path"]): e for e in hub.tree(source.repo, source.revision)}

@@ -118,7 +118,10 @@ def pull(hub: Hub, source: Source, out: Path, opts: PullOptions, progress: Optio
         say(f"pulling {source.describe()}: {plan.kind}, {len(plan.files)} files, {size}, into {work}")
         sums: dict[str, str] = {}
         for f in plan.files:
-            sha, checked = fetch_file(hub, f, work / f.path, progress)
+            dest = (work / f.path).resolve()
+            if not dest.is_relative_to(work.resolve()):  # plan.safe_path refused it already; never trust one check
+                raise DownloadError(f"{f.path}: would be written outside {work}, refused")
+            sha, checked = fetch_file(hub, f, dest, progress)
             sums[f.path] = sha
             if not checked:
                 say(f"warning: no checksum was known for {f.path} (pass --sha256 to check it); its sha256 is {sha}")
