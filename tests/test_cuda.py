@@ -97,3 +97,49 @@ def test_pip_cuda_is_looked_for_where_preload_dlls_looks(monkeypatch, tmp_path: 
     assert not cuda._pip_cuda_present()
     (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
     assert cuda._pip_cuda_present()
+
+
+@pytest.fixture(scope="session")
+def gpu_build() -> Path:
+    """onnxruntime-gpu of the installed version, unpacked once into the cache: the build that
+    printed the errors (it offers CUDA; this machine has no CUDA libraries and no GPU)."""
+    import glob
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from model_cache import CACHE
+
+    version = ort.__version__
+    target = CACHE.parent / f"onnxruntime-gpu-{version}"
+    if (target / "onnxruntime" / "capi").is_dir():
+        return target
+    wheels = CACHE.parent / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
+                    str(wheels), f"onnxruntime-gpu=={version}"], capture_output=True, timeout=900)
+    found = glob.glob(str(wheels / f"onnxruntime_gpu-{version}-*.whl"))
+    if not found:
+        pytest.skip(f"onnxruntime-gpu {version} could not be downloaded")
+    tmp = Path(str(target) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(found[0]) as z:
+        z.extractall(tmp, [n for n in z.namelist() if n.startswith("onnxruntime/")])
+    tmp.rename(target)
+    return target
+
+
+@pytest.mark.slow
+def test_with_the_gpu_build_on_a_box_without_cuda_auto_is_quiet(daemon_factory, gpu_build: Path) -> None:
+    """The issue's noise check for real: onnxruntime-gpu on this CPU-only machine, provider auto."""
+    model = built_model(f"random:{REPO / 'models' / 'tiny-gemma3-text.json'}", weights="fp32")
+    d: DaemonProcess = daemon_factory(model={"engine": "onnx", "path": str(model), "provider": "auto"})
+    env = d.env()
+    env["PYTHONPATH"] = os.pathsep.join([str(gpu_build), env["PYTHONPATH"]])
+    d.env = lambda: env  # type: ignore[method-assign]
+    d.start(timeout=120)
+    assert d.stop() == 0
+    lines = d.log_path.read_text().splitlines()
+    assert lines and not [ln for ln in lines if ORT_NOISE.search(ln)], lines
+    loaded = next(json.loads(ln) for ln in lines if '"model_loaded"' in ln)
+    assert loaded["provider"] == "cpu" and "the CUDA provider cannot load" in loaded["reason"], loaded
