@@ -234,14 +234,16 @@ def test_model_list_says_what_each_model_serves(config: Path, capsys: pytest.Cap
     shutil.copytree(built_model(f"random:{TEXT_RECIPE}", weights="fp32"), models / "text")
     shutil.copytree(built_model(f"random:{VISION_RECIPE}", weights="fp32"), models / "vision")
     (models / "junk").mkdir()
-    (models / ".text.download").mkdir()  # a pull in progress is not a model
+    (models / ".text.download").mkdir()  # a pull in progress is not a model, but its bytes are said
+    (models / ".text.download" / "weights.data.part").write_bytes(b"x" * 3000)
     assert main(["model", "list", "-c", str(config)]) == ExitCode.OK
     out = capsys.readouterr().out
     lines = {line.split()[0] if not line.startswith("*") else line.split()[1]: line for line in out.splitlines()
              if line.strip()}
     assert "translate" in lines["tiny-gemma3-text"] and "caption" not in lines["tiny-gemma3-text"]
     assert "caption, ocr, translate" in lines["tiny-gemma3-vision"]
-    assert "unusable" in lines["junk"] and ".text.download" not in out
+    assert "unusable" in lines["junk"] and not [k for k in lines if k.startswith(".")]
+    assert "partial download of text:" in out and "remove the folder to give the space back" in out
     # The config names a model that is not there: listed, marked, and said so.
     assert lines["tiny-vision-it"].startswith("*") and "not installed" in lines["tiny-vision-it"]
     assert "edged model pull NAME" in out

@@ -217,4 +217,16 @@ def list_models(models_dir: Path, configured: Path, engine: str, config: Optiona
         print(f"\n* the model the config uses (model.path{where}, or the built-in default when it is not set)")
     if any(r["in_use"] and r["problem"] == "missing" for r in rows):
         print("  it is not installed: edged model build-default (the built-in 270M) or edged model pull NAME")
+    for name, size in _partial_downloads(models_dir):
+        print(f"partial download of {name}: {_gib(size)} in {models_dir / f'.{name}.download'} (the next pull of it"
+              " resumes there; remove the folder to give the space back)")
     return ExitCode.OK
+
+
+def _partial_downloads(models_dir: Path) -> list[tuple[str, int]]:
+    """What failed or interrupted pulls keep for the next run (it can be gigabytes)."""
+    found = []
+    for folder in sorted(models_dir.glob(".*.download")) if models_dir.is_dir() else []:
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        found.append((folder.name[1:].removesuffix(".download"), size))
+    return found
