@@ -22,6 +22,11 @@ class AlreadyLocked(EdgedError):
     code = ExitCode.ALREADY_RUNNING
 
 
+class HolderUnknown(Exception):
+    """The lock cannot be probed as this user (it may write the inbox but not read the state
+    folder): whether a daemon runs is not known. The message says why."""
+
+
 class StateLock:
     def __init__(self, path: Path, meaning: str = "") -> None:
         self.path = path
@@ -50,11 +55,16 @@ class StateLock:
         return self
 
     def holder(self) -> Optional[str]:
-        """The pid of the process holding the lock, or None when nobody holds it (a probe for status)."""
+        """The pid of the process holding the lock, or None when nobody holds it (a probe for status).
+
+        Raises HolderUnknown when the lock cannot be opened as this user: a missing lock means no
+        daemon ever started here, but one this user may not read says nothing either way."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # PermissionError above all: the state folder is the daemon's
+            raise HolderUnknown(f"cannot read its lock {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,23 +150,166 @@ def test_a_job_waiting_for_its_retry_says_when(tmp_path: Path, capsys) -> None:
     assert info["waiting_for_retry"] == 1 and info["next_retry_at"] == row["next_run_at"]
 
 
-def test_a_row_from_the_other_side_of_a_dst_change_names_its_own_offset(monkeypatch) -> None:
+def test_a_row_from_the_other_side_of_a_dst_change_is_on_the_headers_clock_and_lines_up(monkeypatch) -> None:
     import time
-    from datetime import timedelta
+    from datetime import timedelta, timezone
 
     from edged.commands.results import Table
-    from edged.timeutil import iso, local_time, utcnow
+    from edged.timeutil import iso, local_time, parse_iso, utcnow
 
     monkeypatch.setenv("TZ", "Europe/Berlin")
     time.tzset()
-    table = Table(tty=False, width=200)
     then = iso(utcnow() - timedelta(days=182))  # half a year ago: the other offset
     now_zone, then_zone = local_time(utcnow())[-6:], local_time(then)[-6:]
     assert now_zone != then_zone
+    clock = timezone(utcnow().astimezone().utcoffset() or timedelta(0))
     row = {"job_id": 1, "task": "ocr", "status": "done", "finished_at": then, "created_at": then,
-           "next_run_at": then, "source_path": "ocr/a.png", "output": "text", "error": None}
-    assert f"when ({now_zone})" in table.header()
-    assert f"{local_time(then)}" in table.row(row)
+           "next_run_at": then, "source_path": "ocr/a.png", "output": "text", "error": None, "attempts": 1}
     fresh = {**row, "finished_at": iso(utcnow())}
-    assert local_time(fresh["finished_at"])[:19] + " " in table.row(fresh)
-    assert now_zone not in table.row(fresh)
+    for table, fmt in ((Table(tty=False, width=200), "%Y-%m-%d %H:%M:%S"),
+                       (Table(tty=True, width=80), "%m-%d %H:%M"), (Table(tty=True, width=60), "%m-%d %H:%M")):
+        assert now_zone in table.header()
+        old, new = table.row(row), table.row(fresh)
+        # The old row's time on the header's clock (before: its own 26-character time, out of line).
+        assert parse_iso(then).astimezone(clock).strftime(fmt) in old and then_zone not in old
+        assert len(old) == len(new) and old.index("ocr/a.png") == new.index("ocr/a.png")
+        assert table.header().index("source") == old.index("ocr/a.png")
+
+
+def _rows_at(cfg: str, columns: int, capsys, monkeypatch) -> list[str]:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["results", "-c", cfg]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_table_fits_80_and_60_columns_with_every_row_aligned(tmp_path: Path, capsys, monkeypatch) -> None:
+    # A retry 20 to 40 days ahead (the backoff's jitter): 'retry in 25.3d' is 14 characters (the status
+    # column was 13).
+    cfg = _done_translation(tmp_path, capsys, queue={"max_attempts": 3, "backoff_seconds": 40 * 86400,
+                                                      "backoff_max_seconds": 40 * 86400})
+    doc = tmp_path / "doc.txt"
+    doc.write_text("BOOM")
+    assert main(["submit", "-c", cfg, "-t", "translate", str(doc)]) == 0
+    _work(cfg, fail_on="BOOM")
+    capsys.readouterr()
+    for columns in (80, 60):
+        header, waiting, done = _rows_at(cfg, columns, capsys, monkeypatch)
+        assert re.search(r"retry in \d\d\.\dd ", waiting) and "engine" in waiting, waiting
+        assert all(len(line) <= columns for line in (header, waiting, done)), columns  # before: 85 and more
+        assert len(done) == columns and done.endswith("…")  # the long output takes what is left
+        at = header.index("source")
+        assert waiting[at:].startswith("translate/") and done[at:].startswith("transl"), columns
+        out_at = header.index("output")
+        assert waiting[out_at:].startswith("engine"), (columns, waiting)
+        # The status and the time line up too.
+        assert header.index("status") == waiting.index("retry in") == done.index("done")
+    header, _waiting, done = _rows_at(cfg, 80, capsys, monkeypatch)
+    assert "task" in header and " translate " in done
+    header, _waiting, done = _rows_at(cfg, 60, capsys, monkeypatch)
+    assert "task" not in header  # the source path begins with it
+
+
+HOSTILE_NAME = "evil\x1b[31mRED\x1b[0m.txt"
+HOSTILE_TEXT = "Hallo\x1b]0;pwned\x07 und \u202egnalrednieht\u202c, Ende\x9b2J."
+
+
+def _assert_escaped(text: str) -> None:
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e", "\u202c"):
+        assert raw not in text, repr(raw)
+
+
+def test_names_and_outputs_reach_the_terminal_escaped(tmp_path: Path, capsys, monkeypatch) -> None:
+    cfg = _done_translation(tmp_path, capsys, name=HOSTILE_NAME, text=HOSTILE_TEXT)
+    assert main(["results", "-c", cfg]) == 0  # a pipe: nothing cut, still escaped
+    out = capsys.readouterr().out
+    _assert_escaped(out)
+    assert "evil\\x1b[31mRED\\x1b[0m.txt" in out and "\\u202egnalrednieht" in out
+    for columns in (200, 80, 60):
+        lines = _rows_at(cfg, columns, capsys, monkeypatch)
+        _assert_escaped("\n".join(lines))
+        assert all(len(line) <= columns for line in lines)
+    assert main(["show", "-c", cfg, "1"]) == 0
+    out = capsys.readouterr().out
+    _assert_escaped(out)
+    assert "source              translate/de/evil\\x1b[31mRED\\x1b[0m.txt" in out
+    assert "\\x1b]0;pwned\\x07" in out
+    assert main(["results", "-c", cfg, "--format", "csv"]) == 0
+    _assert_escaped(capsys.readouterr().out)
+    # JSON and JSON lines carry the exact text.
+    assert main(["results", "-c", cfg, "--format", "jsonl"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["source_path"] == f"translate/de/{HOSTILE_NAME}" and HOSTILE_TEXT in row["output"]
+    assert main(["show", "-c", cfg, "1", "--json"]) == 0
+    assert HOSTILE_TEXT in json.loads(capsys.readouterr().out)["result"]["output"]
+
+
+def test_csv_cells_that_look_like_formulas_are_quoted_away() -> None:
+    from edged.commands.results import CSV_COLUMNS, _csv_row
+    from edged.timeutil import utcnow
+
+    row = {"job_id": 7, "task": "translate", "status": "done", "finished_at": None, "created_at": "x",
+           "next_run_at": None, "source_path": "translate/@evil.txt", "params": {}, "model": "+m",
+           "attempts": 1, "prompt_tokens": -3, "output_tokens": 5, "duration_ms": 9,
+           "output": "=HYPERLINK(\"http://x\")\nline two", "error": "-1+1"}
+    cells = dict(zip(CSV_COLUMNS, _csv_row(row, utcnow()), strict=True))
+    assert cells["output"] == "'=HYPERLINK(\"http://x\")\nline two"  # newlines stay: CSV quotes them
+    assert cells["error"] == "'-1+1" and cells["model"] == "'+m"
+    assert cells["source_path"] == "translate/@evil.txt"  # only a leading character starts a formula
+    assert cells["prompt_tokens"] == -3 and cells["job_id"] == 7  # numbers are numbers
+    for lead in ("@", "\t", "\r", "+", "-", "="):
+        assert _csv_row({**row, "output": lead + "x"}, utcnow())[CSV_COLUMNS.index("output")] == "'" + lead + "x"
+
+
+def test_follow_prints_a_job_that_waits_for_its_retry_and_again_when_it_is_done(tmp_path: Path, capsys,
+                                                                                 monkeypatch) -> None:
+    import sqlite3
+
+    from edged.commands import results as results_module
+
+    cfg = _done_translation(tmp_path, capsys, text="Erster Text.",
+                            queue={"max_attempts": 3, "backoff_seconds": 600, "backoff_max_seconds": 600})
+    doc = tmp_path / "doc.txt"
+    doc.write_text("BOOM")
+    # Job 2 waits in a backlog, queued long before the follow starts (and before job 1 finished).
+    assert main(["submit", "-c", cfg, "-t", "translate", str(doc)]) == 0
+    db = tmp_path / "state" / "edged.db"
+
+    def sql(statement: str) -> None:
+        con = sqlite3.connect(db)
+        with con:
+            con.execute(statement)
+        con.close()
+
+    sql("UPDATE jobs SET created_at = '2026-01-01T00:00:00.000Z' WHERE id = 2")
+    polls = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 1:
+            _work(cfg, fail_on="BOOM")  # job 2 fails: queued, its retry 10 minutes ahead
+        elif len(polls) == 2:
+            sql("UPDATE jobs SET next_run_at = '2000-01-01T00:00:00.000Z' WHERE id = 2")  # the ten minutes pass
+            _work(cfg)  # and the retry succeeds
+        elif len(polls) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(results_module.time, "sleep", sleep)
+    assert main(["results", "-c", cfg, "--follow", "--format", "jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    # Each outcome once: job 1 as listed, job 2 waiting (before: never shown), then job 2 done.
+    assert [(r["job_id"], r["status"]) for r in lines] == [(1, "done"), (2, "queued"), (2, "done")]
+    assert "test double told to fail" in lines[1]["error"] and lines[1]["next_run_at"] > lines[1]["created_at"]
+    assert lines[2]["output"]
+
+
+def test_for_terminal_escapes_what_drives_a_terminal_and_keeps_what_is_writing() -> None:
+    from edged.pathnames import for_terminal
+
+    assert for_terminal("a\x1b[2Jb\x7fc\x9bd\x00") == "a\\x1b[2Jb\\x7fc\\x9bd\\x00"
+    assert for_terminal("x\u202ey\u2066z\u2028w") == "x\\u202ey\\u2066z\\u2028w"
+    assert for_terminal("line\ttab\nnext", keep="\t") == "line\ttab\\x0anext"
+    assert for_terminal(os.fsdecode(b"name-\xff.txt")) == "name-\\xff.txt"  # as displayable shows the byte
+    family, persian = "\U0001F468\u200d\U0001F469\u200d\U0001F467", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    assert for_terminal(family) == family and for_terminal(persian) == persian  # joiners are writing
+    assert for_terminal("Grüße, 世界 😀") == "Grüße, 世界 😀"

@@ -1,4 +1,4 @@
-"""`edged status`: its two "last hour" figures, each with its window, agree where the windows do."""
+"""`edged status`: its two "last hour" figures, each with its window, counted alike from the jobs table."""
 
 from __future__ import annotations
 
@@ -71,10 +71,40 @@ def test_status_names_the_window_of_each_last_hour_figure(tmp_path: Path, capsys
     measured = next(line for line in out.splitlines() if line.startswith("measured"))
     assert "to now, from the jobs) 2 done" in hour
     start, end = period.start.strftime("%H:%M:%S"), period.end.strftime("%H:%M:%S")
-    assert f"({start} to {end} +00:00, 1 summary periods) 3 done" in measured
+    # The jobs table over the rows' window: 1 (before: the row's own 3, beside the line above's 2).
+    assert f"({start} to {end} +00:00, 1 summary periods) 1 done, 0 failed" in measured
     assert main(["status", "-c", cfg, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     t = info["throughput_last_hour"]
     assert t["window_start"] == iso(period.start) and t["window_end"] == iso(period.end)
-    assert t["jobs_table"] == {"done": 1, "failed": 0}
+    assert t["jobs_table"] == {"done": 1, "failed": 0} and t["jobs_done"] == 3  # --json keeps both
     assert info["last_hour"]["since"].endswith("Z") and info["last_hour"]["done"] == 2
+
+
+def test_a_real_daemon_run_shows_the_same_counts_on_both_lines(daemon_factory, capsys) -> None:
+    """Jobs a real daemon ran, its own summary rows: every job finished inside the rows' window, so
+    both lines must say the same, counting a file refused at intake (a failed job) alike."""
+    d = daemon_factory(schedule={"summary_seconds": 0.5})
+    d.start()
+    inbox = d.spool / "inbox" / "translate"
+    inbox.mkdir(parents=True, exist_ok=True)
+    for n in range(3):
+        (inbox / f"doc{n}.txt").write_text(f"Text number {n}.")
+    (inbox / "empty.txt").write_bytes(b"")  # the worker fails it: in the rows too
+    (inbox / "link.txt").symlink_to(inbox / "doc0.txt")  # refused at intake: a failed job the worker never saw
+    d.wait_until(lambda: d.query("SELECT COUNT(*) FROM jobs WHERE status IN ('done', 'failed')")[0][0] == 5,
+                 what="5 jobs finished")
+    last = d.query("SELECT MAX(finished_at) FROM jobs")[0][0]
+    d.wait_until(lambda: (d.query("SELECT MAX(period_end) FROM throughput")[0][0] or "") > last,
+                 what="a summary row after the last job")
+    assert d.stop() == 0
+    assert main(["status", "-c", str(d.config_path)]) == 0
+    out = capsys.readouterr().out
+    hour = next(line for line in out.splitlines() if line.startswith("last hour"))
+    measured = next(line for line in out.splitlines() if line.startswith("measured"))
+    assert "from the jobs) 3 done, 2 failed," in hour
+    assert "summary periods) 3 done, 2 failed," in measured, measured  # before: the rows' 3 done, 1 failed
+    assert main(["status", "-c", str(d.config_path), "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["throughput_last_hour"]
+    assert t["jobs_table"] == {"done": 3, "failed": 2}  # before: 1, the refused file left out
+    assert (t["jobs_done"], t["jobs_failed"]) == (3, 1)  # the rows: the worker's own count

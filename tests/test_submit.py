@@ -123,3 +123,48 @@ def test_submit_refuses_what_the_task_would_refuse_and_links_in_a_folder(tmp_pat
     assert ("error", str(folder / "elsewhere")) in [(f[0], f[1]) for f in lines]
     assert ("error", str(folder / "alias.png")) in [(f[0], f[1]) for f in lines]
     assert _inbox(tmp_path) == ["caption/pics/ok.png"]
+
+
+def test_standard_input_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path, capsys,
+                                                                           monkeypatch) -> None:
+    cfg = _setup(tmp_path, tasks={"translate": {"max_input_mb": 0.001}})  # 1048 bytes
+    limit = int(0.001 * 1024 * 1024)
+    stdin = _Stdin(b"a" * (10 * limit))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["submit", "-c", cfg, "-t", "translate", "-"]) == ExitCode.INPUT
+    ((kind, shown, why),) = _lines(capsys)
+    assert (kind, shown) == ("error", "-") and "over tasks.translate.max_input_mb" in why
+    assert stdin.buffer.tell() == limit + 1  # one byte past the limit, not the 10 KB piped in
+    assert _inbox(tmp_path) == []
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"a" * limit))  # exactly the limit: taken
+    assert main(["submit", "-c", cfg, "-t", "translate", "-"]) == 0
+
+
+def test_submit_says_it_cannot_tell_when_the_lock_is_unreadable(tmp_path: Path, capsys, monkeypatch) -> None:
+    # As a producer who may write the inbox but not read the state folder: the lock's open is refused.
+    import os
+
+    from edged import lock
+
+    cfg = _setup(tmp_path)
+    doc = tmp_path / "a.txt"
+    doc.write_text("one")
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(lock.os, "open", refusing_open)
+    assert main(["submit", "-c", cfg, "-t", "translate", str(doc)]) == 0  # before: a traceback, after the copy
+    err = capsys.readouterr().err
+    assert "cannot tell whether a daemon is running" in err and "Permission denied" in err and ".lock" in err
+    assert "Traceback" not in err
+    assert main(["status", "-c", cfg]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("daemon"))
+    assert "cannot tell whether a daemon is running" in line and "Permission denied" in line
+    assert main(["status", "-c", cfg, "--json"]) == 0
+    daemon = json.loads(capsys.readouterr().out)["daemon"]
+    assert daemon["running"] is None and "Permission denied" in daemon["running_unknown"]

@@ -35,7 +35,7 @@ class Input:
     subfolders: list[str] = field(default_factory=list)  # below inbox/<task>/ (a submitted folder's own)
     error: Optional[str] = None
     path: Optional[Path] = None
-    data: Optional[bytes] = None  # standard input, read whole
+    data: Optional[bytes] = None  # standard input, read whole (up to the task's max_input_mb)
 
     def open(self) -> AbstractContextManager[BinaryIO]:
         if self.data is not None:
@@ -129,7 +129,14 @@ def expand(files: Sequence[Path], settings: Settings, task: str, name: Optional[
                 yield Input("-", error="standard input was named twice")
                 continue
             stdin_read = True
-            data = sys.stdin.buffer.read()
+            # One byte past the limit is enough to refuse: a producer piping gigabytes never makes
+            # this process hold them (the check in check() then names the limit).
+            limit = int(getattr(settings.tasks, task).max_input_mb * 1024 * 1024)
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
+                yield Input("-", error=f"more than {limit} bytes, over tasks.{task}.max_input_mb"
+                                       f" ({getattr(settings.tasks, task).max_input_mb} MB); nothing was read past it")
+                continue
             yield _checked(Input("-", name or _stdin_name(task, data), data=data), task, settings)
         elif src.is_dir():
             for item in _folder(src, lambda rel: wanted(f"{task}/{rel}")):

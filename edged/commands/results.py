@@ -7,13 +7,14 @@ import json
 import shutil
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, Sequence
 
 from edged.commands import command_parts
 from edged.commands.output import emit_json, retry_at, shown_status
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
+from edged.pathnames import for_terminal
 from edged.store import DatabaseMissing
 from edged.store.queries import list_results
 from edged.timeutil import local_time, parse_iso, parse_since, utcnow
@@ -21,12 +22,20 @@ from edged.timeutil import local_time, parse_iso, parse_since, utcnow
 FOLLOW_POLL_SECONDS = 1.0
 CSV_COLUMNS = ("job_id", "task", "status", "retry_at", "finished_at", "created_at", "source_path", "params", "model",
                "attempts", "prompt_tokens", "output_tokens", "duration_ms", "output", "error")
-_STATUS_W = 13  # 'retry in 2.5h'
-_MIN_OUTPUT = 20  # the output column never gets narrower than this, even in a narrow terminal
+_STATUS_W = 14  # 'retry in 10.0d'; a longer status (a retry months ahead) is clipped
+_MIN_OUTPUT = 20  # the output column gets at least this while the terminal leaves room for it
+_MIN_SOURCE = 12
+_LONG_WHEN = "%Y-%m-%d %H:%M:%S"  # 19 characters
+_SHORT_WHEN = "%m-%d %H:%M"  # 11: the day and minute, on terminals narrower than _WIDE
+_WIDE = 100  # from here the long time fits beside a source and an output worth reading
+_NARROW = 77  # below this the task column goes: a job's source path begins with its task anyway
+_CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _one_line(text: Optional[str]) -> str:
-    return " ".join((text or "").split())
+    """The text on one line, fit for a terminal: whitespace runs (newlines too) as one space, and
+    control characters escaped before any clipping, so a cut never halves an escape sequence."""
+    return for_terminal(" ".join((text or "").split()))
 
 
 def _clip(text: str, width: Optional[int]) -> str:
@@ -35,39 +44,68 @@ def _clip(text: str, width: Optional[int]) -> str:
 
 class Table:
     """Rows that fit the terminal: the output column takes what the others leave. Not a terminal
-    (a pipe, a file): nothing is cut."""
+    (a pipe, a file): nothing is cut. Every row has the same columns at the same places.
+
+    From _WIDE columns: job, task, status, the full local time, source, output. Narrower: the time
+    as month-day hour:minute; below _NARROW the task goes too (the source path names it). A row
+    fits from 51 columns (job, status, time, and 8 each of source and output)."""
 
     def __init__(self, tty: bool, width: int, now: Callable[[], datetime] = utcnow) -> None:
         self.tty, self.width, self.now = tty, width, now
-        self.zone = local_time(utcnow())[-6:]
+        current = now().astimezone()
+        # One clock for the column, the offset of now: a row from the other side of a DST change is
+        # shown on that clock too, so it takes the same width and lines up (show and JSON give the
+        # stored UTC time).
+        self.tz = timezone(current.utcoffset() or timedelta(0))
+        self.zone = local_time(current)[-6:]
+        wide = not tty or width >= _WIDE
+        self.when_fmt = _LONG_WHEN if wide else _SHORT_WHEN
+        self.when_w = 19 if wide else 11
+        self.with_task = not tty or width >= _NARROW
+        when_head = f"when ({self.zone})" if wide else f"when {self.zone}"
+        self._header = self._line("job", "task", "status", when_head, "source", "output / error")
 
     def header(self) -> str:
-        return self._line("job", "task", "status", f"when ({self.zone})", "source", "output / error", _STATUS_W)
+        return self._header
 
-    def _line(self, job: str, task: str, status: str, when: str, source: str, body: str, status_w: int) -> str:
-        head = f"{job:>6}  {task:<9} {status:<{status_w}} {when:<19} "
+    def _line(self, job: str, task: str, status: str, when: str, source: str, body: str) -> str:
+        task_part = f"{_clip(task, 9):<9} " if self.with_task else ""
+        head = (f"{job:>6}  {task_part}{_clip(status, _STATUS_W):<{_STATUS_W}} "
+                f"{_clip(when, self.when_w):<{self.when_w}} ")
         if not self.tty:
             return f"{head}{source:<32} {body}".rstrip()
         room = self.width - len(head)
-        source_w = max(12, min(32, (room - _MIN_OUTPUT - 1)))
-        body_w = max(_MIN_OUTPUT, room - source_w - 1)
+        if room >= _MIN_SOURCE + 1 + _MIN_OUTPUT:
+            source_w = min(32, room - _MIN_OUTPUT - 1)
+        else:  # a narrow terminal: the two share what is left
+            source_w = max(8, (room - 1) // 2)
+        body_w = max(8, room - source_w - 1)
         return f"{head}{_clip(source, source_w):<{source_w}} {_clip(body, body_w)}".rstrip()
 
     def row(self, row: dict[str, Any]) -> str:
         now = self.now()
         when_text = retry_at(row, now) or row["finished_at"] or row["created_at"]
-        when = local_time(when_text)
-        # The header names the zone of now; a row from the other side of a DST change says its own.
-        when = when[:19] if when.endswith(self.zone) else when
+        when = parse_iso(when_text).astimezone(self.tz).strftime(self.when_fmt)
         body = row["output"] if row["status"] == "done" else row["error"]
-        return self._line(str(row["job_id"]), row["task"], shown_status(row, now), when,
-                          _one_line(row["source_path"]), _one_line(body), _STATUS_W)
+        return self._line(str(row["job_id"]), for_terminal(row["task"]), shown_status(row, now), when,
+                          _one_line(row["source_path"]), _one_line(body))
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet will not run: one that begins like a formula gets a leading ' (as
+    OWASP recommends against CSV injection), and control characters other than the newlines and tabs
+    that CSV quoting carries are escaped, since a CSV is also read in a terminal. `--format jsonl`
+    gives the exact text."""
+    if not isinstance(value, str):
+        return value
+    text = for_terminal(value, keep="\n\r\t")
+    return "'" + text if text.startswith(_CSV_FORMULA) else text
 
 
 def _csv_row(row: dict[str, Any], now: datetime) -> list[Any]:
     values = {**row, "params": json.dumps(row["params"], ensure_ascii=False, sort_keys=True),
               "retry_at": retry_at(row, now)}
-    return [values.get(c) for c in CSV_COLUMNS]
+    return [_csv_cell(values.get(c)) for c in CSV_COLUMNS]
 
 
 class Printer:
@@ -124,36 +162,55 @@ def results(settings: Settings, *, task: Optional[str], since: Optional[str], st
         raise CliError("--follow prints jobs as they finish: use --format jsonl, csv or table, not json",
                        ExitCode.USAGE)
     printer = Printer(fmt)
+    start = utcnow()  # before the first read: what changes after it, a follower prints
     rows = _fetch(settings, task=task, status=status, since=since_dt, limit=limit or None)
     if rows is None:
         print(f"edged: no database at {settings.database_url} yet: the daemon creates it when it first starts",
               file=sys.stderr)
         rows = []
-    printer.print(rows)
     if not follow:
+        printer.print(rows)
         return ExitCode.OK
     try:
-        _follow(settings, printer, rows, task=task, status=status)
+        # The first rows inside the try: a reader that has seen them may press Ctrl-C at once.
+        printer.print(rows)
+        _follow(settings, printer, rows, task=task, status=status, start=start)
     except KeyboardInterrupt:  # Ctrl-C is how a follower ends: not an error
         pass
     return ExitCode.OK
 
 
+# A follower looks back this far before its last poll: a worker takes its clock a moment before
+# its commit lands, so a job can commit with a time just before the poll that missed it.
+# What was already shown is recognised by its outcome (_outcome) and not printed twice.
+FOLLOW_OVERLAP = timedelta(seconds=30)
+
+
+def _outcome(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a job's line news: a new status, attempt, finish or retry time."""
+    return row["job_id"], row["status"], row["attempts"], row["finished_at"], row["next_run_at"]
+
+
 def _follow(settings: Settings, printer: Printer, shown: list[dict[str, Any]], *, task: Optional[str],
-            status: Optional[str]) -> None:
-    """Poll the read-only database about once a second and print jobs that finished since."""
-    seen = {(r["job_id"], r["finished_at"]) for r in shown}
-    marks = [r["finished_at"] for r in shown if r["finished_at"]]
-    mark = max(marks) if marks else None
-    start = utcnow()
+            status: Optional[str], start: datetime) -> None:
+    """Poll the read-only database about once a second and print each job whose outcome is new
+    since: done, failed, or failed and waiting for its retry, a job already listed included when
+    it changed (a retry that then succeeds is printed again, with its output)."""
+    # Each outcome printed, with when it was: one older than the look-back cannot come back (its
+    # times are older still), so a follower left running for weeks forgets it.
+    seen = dict.fromkeys((_outcome(r) for r in shown), start)
+    mark = start
     while True:
         time.sleep(FOLLOW_POLL_SECONDS)
+        polled = utcnow()
         # Opened afresh each time: a read-only open of a database nobody was writing reads it
         # as immutable, and would never see the daemon's later commits.
-        since = parse_iso(mark) if mark else start
-        rows = _fetch(settings, task=task, status=status, since=since, limit=None) or []
-        new = [r for r in reversed(rows) if (r["job_id"], r["finished_at"]) not in seen]
+        rows = _fetch(settings, task=task, status=status, changed_since=mark - FOLLOW_OVERLAP, limit=None) or []
+        new = [r for r in reversed(rows) if _outcome(r) not in seen]
         if new:
             printer.print(new)
-            seen.update((r["job_id"], r["finished_at"]) for r in new)
-            mark = max([m for m in (mark, *(r["finished_at"] for r in new)) if m], default=None)
+            seen.update(dict.fromkeys((_outcome(r) for r in new), polled))
+        old = polled - 2 * FOLLOW_OVERLAP
+        for key in [k for k, when in seen.items() if when < old]:
+            del seen[key]
+        mark = polled

@@ -9,6 +9,7 @@ from edged.commands import command_parts
 from edged.commands.output import emit_json, retry_at, retry_words
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
+from edged.pathnames import for_terminal
 from edged.store.detail import job_detail
 from edged.timeutil import local_time, utcnow
 
@@ -16,7 +17,12 @@ _TIMES = ("created_at", "started_at", "finished_at", "next_run_at", "lease_expir
 
 
 def _field(name: str, value: Any) -> None:
-    print(f"{name:<18}  {value}")
+    # File names, errors and params come from producers and models: escaped, so none can drive the terminal.
+    print(f"{name:<18}  {for_terminal(str(value))}")
+
+
+def _text(value: Any) -> str:
+    return for_terminal(str(value))
 
 
 def _when(value: Optional[str]) -> str:
@@ -60,30 +66,30 @@ def _print_job(info: dict[str, Any]) -> None:
         print("  (none: a job spawned from another job's result)")
     for f in info["files"]:
         flags = [w for w, on in (("duplicate", f["duplicate"]), ("left in inbox", f["left_in_inbox"])) if on]
-        print(f"  {f['path']}  [{f['state']}{', ' + ', '.join(flags) if flags else ''}]"
+        print(f"  {_text(f['path'])}  [{f['state']}{', ' + ', '.join(flags) if flags else ''}]"
               f"  received {_when(f['received_at'])}")
         if f["moved_to"]:
-            print(f"    moved to     {f['moved_to']}")
+            print(f"    moved to     {_text(f['moved_to'])}")
         if f["result_file"]:
-            print(f"    result file  {f['result_file']}")
+            print(f"    result file  {_text(f['result_file'])}")
         if f["settle_error"]:
-            print(f"    move failed  {f['settle_error']}")
+            print(f"    move failed  {_text(f['settle_error'])}")
     print()
     r = info["result"]
     if r is None:
         print("result              -")
     else:
         print(f"result              {r['output_tokens']} output tokens from {r['prompt_tokens']} prompt tokens,"
-              f" {r['duration_ms']} ms of model time, {r['model']}, at {_when(r['created_at'])}")
+              f" {r['duration_ms']} ms of model time, {_text(r['model'])}, at {_when(r['created_at'])}")
         for line in (r["output"] or "").splitlines() or [""]:
-            print(f"  {line}")
+            print(f"  {for_terminal(line, keep=chr(9))}")  # lines split here; tabs print as tabs
     print()
     print("attempts")
     if not info["attempt_history"]:
         print("  (none recorded)")
     for a in info["attempt_history"]:
         print(f"  round {a['round']} attempt {a['attempt']}  {a['outcome']:<11}  {_when(a['started_at'])}"
-              f" -> {_when(a['finished_at'])}" + (f"  {a['error']}" if a["error"] else ""))
+              f" -> {_when(a['finished_at'])}" + (f"  {_text(a['error'])}" if a["error"] else ""))
 
 
 def show(settings: Settings, job_id: int, as_json: bool = False) -> ExitCode:
@@ -101,5 +107,5 @@ def show(settings: Settings, job_id: int, as_json: bool = False) -> ExitCode:
         _print_job(info)
         if info["result_file"]:
             print()
-            print(f"result file         {info['result_file']}")
+            print(f"result file         {_text(info['result_file'])}")
     return ExitCode.OK

@@ -10,7 +10,7 @@ from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.engine.loader import model_name
 from edged.exitcodes import ExitCode
-from edged.lock import StateLock
+from edged.lock import HolderUnknown, StateLock
 from edged.store import DatabaseMissing
 from edged.store.queries import finished_between, queue_summary, throughput_since
 from edged.store.stats import Stats
@@ -51,9 +51,11 @@ def collect(settings: Settings) -> dict[str, Any]:
             throughput["jobs_table"] = finished_between(parts.queue.engine, throughput["window_start"],
                                                         throughput["window_end"])
     info["model"] = model_name(settings.model, settings.model_dir)
-    holder = StateLock(lock_path(settings)).holder()
-    daemon["running"] = holder is not None
-    if holder is None:
+    try:
+        daemon["running"] = StateLock(lock_path(settings)).holder() is not None
+    except HolderUnknown as exc:  # null in --json: neither true nor false is known
+        daemon["running"], daemon["running_unknown"] = None, str(exc)
+    if not daemon["running"]:
         # What a stopped daemon last wrote is history, not state.
         for key in ("intake_paused", "processing_open", "next_opening", "low_disk"):
             daemon.pop(key, None)
@@ -101,12 +103,20 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     t = info["throughput_last_hour"]
     if t["periods"]:
         # The daemon writes a row when a period ends: this window stops at the last row written.
+        # Its job counts come from the jobs table, over that window, as the line above counts them:
+        # the two lines differ only by what their windows name, never by who counted (a batch that
+        # ended across a period's edge is in the other row). The rows' own counts: --json.
         window = f"{local_time(t['window_start'])[11:19]} to {local_time(t['window_end'])[11:]}"
-        print(f"measured            ({window}, {t['periods']} summary periods) {t['jobs_done']} done,"
-              f" {t['jobs_failed']} failed, {t['output_tokens']} output tokens,"
+        jobs = t["jobs_table"]
+        print(f"measured            ({window}, {t['periods']} summary periods) {jobs['done']} done,"
+              f" {jobs['failed']} failed, {t['output_tokens']} output tokens,"
               f" {t['output_tok_per_s'] or '-'} tok/s in the engine, engine busy {t['engine_busy_pct']}%")
-    running = (f"running (pid {d.get('pid')}, since {local_time(d.get('started_at'))})" if d["running"]
-               else "not running")
+    if d["running"] is None:
+        running = f"unknown: cannot tell whether a daemon is running ({d['running_unknown']})"
+    elif d["running"]:
+        running = f"running (pid {d.get('pid')}, since {local_time(d.get('started_at'))})"
+    else:
+        running = "not running"
     print(f"daemon              {running}")
     provider = f" on {d['provider']}" if d.get("provider") else ""
     print(f"model               {d.get('model') or info['model']}{provider}")

@@ -18,8 +18,8 @@ from edged.commands.inputs import expand
 from edged.config import Settings
 from edged.exitcodes import CliError, EdgedError, ExitCode
 from edged.languages import accepted, normalise
-from edged.lock import StateLock
-from edged.pathnames import displayable
+from edged.lock import HolderUnknown, StateLock
+from edged.pathnames import for_terminal
 from edged.spool import SpoolLayout, UnsafePath, candidates
 from edged.spool.root import FILE_MODE, INBOX_DIR_MODE, TEMP_PREFIX, rename_noreplace
 from edged.spool.watch import Deferred
@@ -62,9 +62,15 @@ def _queue_parts(settings: Settings) -> tuple[Optional[Parts], Optional[str]]:
         return None, str(exc)
 
 
-def _daemon_runs(settings: Settings) -> bool:
-    """As `edged status` decides it: a live daemon holds the database's lock."""
-    return StateLock(lock_path(settings)).holder() is not None
+def _daemon_warning(settings: Settings) -> Optional[str]:
+    """What to tell the operator about the daemon, as `edged status` decides it (a live daemon
+    holds the database's lock), or None when one runs."""
+    try:
+        if StateLock(lock_path(settings)).holder() is not None:
+            return None
+    except HolderUnknown as exc:
+        return f"edged: cannot tell whether a daemon is running ({exc}); the files wait in the inbox until one does"
+    return "edged: no daemon is running: the files wait in the inbox until `edged run` (or the service) starts"
 
 
 def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[str],
@@ -86,7 +92,7 @@ def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[
     copied: list[str] = []
     for item in expand(files, settings, task, name, layout.wanted):
         if item.error is not None:
-            print(f"error\t{item.shown}\t{item.error}")
+            print(f"error\t{for_terminal(item.shown)}\t{item.error}")
             code = ExitCode.INPUT
             continue
         dest = [*folder, *item.subfolders]
@@ -95,25 +101,25 @@ def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[
             # below the configured one, or its own name would be read as a language.
             dest = [task, settings.tasks.translate.target_language, *item.subfolders]
         if not layout.wanted("/".join([*dest, item.name])):
-            print(f"error\t{item.shown}\tthe name matches watch.ignore; rename the file")
+            print(f"error\t{for_terminal(item.shown)}\tthe name matches watch.ignore; rename the file")
             code = ExitCode.INPUT
             continue
         try:
             with item.open() as inp:
                 copied.append(_copy_in(layout, inp, item.name, dest))
         except (OSError, UnsafePath) as exc:
-            print(f"error\t{item.shown}\t{exc}")
+            print(f"error\t{for_terminal(item.shown)}\t{exc}")
             code = ExitCode.INPUT
     if not copied:
         return code
-    if not _daemon_runs(settings):
-        print("edged: no daemon is running: the files wait in the inbox until `edged run` (or the service)"
-              " starts", file=sys.stderr)
+    warning = _daemon_warning(settings)
+    if warning:
+        print(warning, file=sys.stderr)
     with as_database_owner(settings):
         parts, why = _queue_parts(settings)
         if parts is None:
             for rel in copied:
-                print(f"-\t{displayable(rel)}\tspooled")
+                print(f"-\t{for_terminal(rel)}\tspooled")
             print(f"edged: not queued now ({why}); the daemon queues the files when it sees them", file=sys.stderr)
             return code
         intake = parts.intake(settings)
@@ -123,7 +129,7 @@ def submit(settings: Settings, files: Sequence[Path], task: str, lang: Optional[
             except Deferred:
                 taken = []
             for got, res in taken:
-                print(f"{res.job_id}\t{displayable(got.path)}\t{res.outcome}")
+                print(f"{res.job_id}\t{for_terminal(got.path)}\t{res.outcome}")
             if not taken:
-                print(f"-\t{displayable(rel)}\tspooled")
+                print(f"-\t{for_terminal(rel)}\tspooled")
     return code

@@ -93,8 +93,12 @@ def list_results(
     since: Optional[datetime] = None,
     limit: Optional[int] = 50,
     now: Optional[datetime] = None,
+    changed_since: Optional[datetime] = None,
 ) -> list[dict[str, Any]]:
-    """Finished jobs, and those waiting for a retry (or, with `status`, any), with their result, newest first."""
+    """Finished jobs, and those waiting for a retry (or, with `status`, any), with their result, newest first.
+
+    `changed_since`: only jobs that finished, or ended an attempt (a failure that waits for its
+    retry leaves finished_at empty), at or after it: what a follower has not seen yet."""
     where: list[str] = []
     args: dict[str, Any] = {"now": iso(now or utcnow())}
     if task:
@@ -109,6 +113,10 @@ def list_results(
     if since:
         where.append("COALESCE(j.finished_at, j.created_at) >= :since")
         args["since"] = iso(since)
+    if changed_since:
+        where.append("(j.finished_at >= :changed OR EXISTS (SELECT 1 FROM job_attempts a WHERE a.job_id = j.id"
+                     " AND a.finished_at >= :changed))")
+        args["changed"] = iso(changed_since)
     sql = (
         "SELECT j.id AS job_id, j.task, j.status, j.source_path, j.params, j.sha256, j.attempts, j.error,"
         " j.created_at, j.finished_at, j.next_run_at, r.output, COALESCE(r.model, j.model) AS model, r.prompt_tokens,"
@@ -134,9 +142,12 @@ def failed_job_ids(engine: Engine) -> list[int]:
 
 
 def finished_between(engine: Engine, start: str, end: str) -> dict[str, int]:
-    """Jobs done and failed in [start, end] by the jobs table: the throughput rows' window, seen from the jobs."""
+    """Jobs done and failed in [start, end] by the jobs table: the throughput rows' window, seen from the jobs.
+
+    Counted as queue_summary counts its last hour (a file refused at intake is a failed job too),
+    so status's two lines differ only by their windows."""
     with read(engine) as conn:
         done, failed = run(conn, "SELECT COUNT(CASE WHEN status = 'done' THEN 1 END), COUNT(CASE WHEN status ="
-                                 " 'failed' AND attempts > 0 THEN 1 END) FROM jobs WHERE finished_at >= :start"
+                                 " 'failed' THEN 1 END) FROM jobs WHERE finished_at >= :start"
                                  " AND finished_at <= :end", start=start, end=end).one()
     return {"done": done, "failed": failed}
