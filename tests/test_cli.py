@@ -15,8 +15,8 @@ from conftest import REPO, base_config, png_bytes
 from edged.cli import build_parser, main
 from edged.exitcodes import ExitCode
 
-VERBS = ["run", "init", "submit", "status", "results", "show", "retry", "doctor", "reload", "install-service", "note-exit",
-         "model"]
+VERBS = ["run", "init", "submit", "status", "results", "show", "retry", "doctor", "reload", "install-service",
+         "note-exit", "model"]
 
 
 def _edged(*args: str) -> subprocess.CompletedProcess:
