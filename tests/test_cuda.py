@@ -143,3 +143,21 @@ def test_with_the_gpu_build_on_a_box_without_cuda_auto_is_quiet(daemon_factory, 
     assert lines and not [ln for ln in lines if ORT_NOISE.search(ln)], lines
     loaded = next(json.loads(ln) for ln in lines if '"model_loaded"' in ln)
     assert loaded["provider"] == "cpu" and "the CUDA provider cannot load" in loaded["reason"], loaded
+
+
+def test_onnxruntime_telemetry_is_off_and_says_nothing(tmp_path: Path) -> None:
+    """ORT 1.31 stores a telemetry device id in ~/.cache at import and warns in colour where it
+    cannot (a read-only home, as a service user may have): edged turns its telemetry off."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")}
+    env.update(HOME="/proc/self", PYTHONPATH=str(REPO))  # no folder can be made there, not even by root
+    bare = subprocess.run([sys.executable, "-c", "import onnxruntime"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    ours = subprocess.run([sys.executable, "-c", "import edged.engine.session, os;"
+                           " print(os.environ['ORT_DISABLE_TELEMETRY'])"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    if "telemetry" not in bare.stderr:
+        pytest.skip(f"onnxruntime {ort.__version__} has no telemetry to turn off")
+    assert ours.stderr == "" and ours.stdout.strip() == "1", ours.stderr
