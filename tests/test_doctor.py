@@ -126,3 +126,24 @@ def test_every_failure_names_a_fix(tmp_path: Path, capsys) -> None:
     failed = [c for c in checks.values() if c["result"] == "FAIL"]
     assert {c["check"] for c in failed} >= {"model", "database"}, failed
     assert all(c["fix"] for c in failed), failed
+
+
+def test_whose_access_is_checked(tmp_path: Path, make_settings) -> None:
+    """The owner of the database or state folder (root's too), else the caller: an `edged` user
+    on the box does not make a root-run local set-up's doctor check as edged."""
+    import pwd
+
+    from edged.commands.access import daemon_user
+
+    s = make_settings()
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert daemon_user(s, None) == me  # nothing made yet
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    assert daemon_user(s, None) == pwd.getpwuid(s.state_dir.stat().st_uid).pw_name
+    assert daemon_user(s, "somebody") == "somebody"
+    if os.geteuid() == 0:
+        import users
+
+        users.ensure_users()
+        os.chown(s.state_dir, users.uid(users.DAEMON), users.gid())
+        assert daemon_user(s, None) == users.DAEMON

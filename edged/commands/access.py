@@ -31,20 +31,22 @@ class Access:
 
 
 def daemon_user(settings: Settings, given: Optional[str]) -> str:
-    """The user the service runs as: as given, else the owner of its database or state, else edged."""
+    """The user the service runs as: as given, else the owner of its database or state folder, else
+    edged for the unit's own state folder (/var/lib/edged, before the first start), else the caller."""
     if given:
         return given
     db = sqlite_path(settings.database_url)
     for path in (db, settings.state_dir):
         if path is not None and path.exists():
-            uid = path.stat().st_uid
-            if uid != 0:
-                return pwd.getpwuid(uid).pw_name
-    try:
-        pwd.getpwnam("edged")
-        return "edged"
-    except KeyError:
-        return pwd.getpwuid(os.geteuid()).pw_name
+            # Root's too: a state folder root made is one a daemon run by root uses.
+            return pwd.getpwuid(path.stat().st_uid).pw_name
+    if settings.state_dir == Path("/var/lib/edged"):  # the unit's StateDirectory=: its User=edged
+        try:
+            pwd.getpwnam("edged")
+            return "edged"
+        except KeyError:
+            pass
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _group(user: str) -> str:
