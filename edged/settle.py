@@ -33,7 +33,8 @@ class Settler:
         self._clock = clock
         self._trouble: dict[int, tuple[int, float]] = {}  # file id -> (failures, when to try again)
         self._noted_folders: set[str] = set()
-        # Told each job whose files have settled (hooks.py: sidecars, the post-job hook).
+        # Told each job once, when the last of its files has settled and is recorded so (or at
+        # its end, for a job without files): hooks.py's sidecars and post-job hook.
         self.after: Optional[Callable[[int], None]] = None
 
     def result_file(self, rel: str, task: str, output: str) -> None:
@@ -45,12 +46,12 @@ class Settler:
 
     def done(self, job_id: int, task: str, output: str) -> None:
         """Settle every pending file of a done job (copies attached while it ran included)."""
-        self._settle(self._records(job_id), task, output=output)
-        self._ended(job_id)
+        if self._settle(self._records(job_id), task, output=output):
+            self._ended(job_id)
 
     def failed(self, job_id: int, task: str, error: str, attempts: int) -> None:
-        self._settle(self._records(job_id), task, error=error, attempts=attempts)
-        self._ended(job_id)
+        if self._settle(self._records(job_id), task, error=error, attempts=attempts):
+            self._ended(job_id)
 
     def _ended(self, job_id: int) -> None:
         if self.after is not None:
@@ -72,10 +73,18 @@ class Settler:
             return
         state, error, attempts = status
         if state == DONE:
-            self._settle(records, task, output=output or "")
+            whole = self._settle(records, task, output=output or "")
         else:
-            self._settle(records, task, error=error or "failed", attempts=attempts)
-        self._ended(job_id)
+            whole = self._settle(records, task, error=error or "failed", attempts=attempts)
+        # A reconcile may bring only some of a job's files (the others still backing off).
+        if whole and not self._pending_of(job_id):
+            self._ended(job_id)
+
+    def _pending_of(self, job_id: int) -> bool:
+        try:
+            return bool(self._records(job_id))
+        except StoreUnavailable:
+            return True  # unknown: the next reconcile decides
 
     def reconcile(self, force: bool = False) -> int:
         """Finish the moves a crash or a file's trouble left undone; returns how many files were settled.
@@ -114,7 +123,8 @@ class Settler:
         return self.queue.files_of([job_id])[job_id]
 
     def _settle(self, records: Sequence[FileRecord], task: str, output: Optional[str] = None,
-                error: Optional[str] = None, attempts: int = 0) -> None:
+                error: Optional[str] = None, attempts: int = 0) -> bool:
+        """Whether every one of `records` settled and the store recorded it."""
         settled = [s for s in (self._one(rec, task, output, error, attempts) for rec in records) if s is not None]
         try:
             self.queue.settle_files(settled)
@@ -123,9 +133,10 @@ class Settler:
             # where it went, by inode, and records it then.
             log.warning("settle_unrecorded", files=len(settled), error=str(exc), detail="recorded once the database"
                         " takes writes again")
-            return
+            return False
         for s in settled:
             self._trouble.pop(s.file_id, None)
+        return len(settled) == len(records)
 
     def _one(self, rec: FileRecord, task: str, output: Optional[str], error: Optional[str],
              attempts: int) -> Optional[Settled]:

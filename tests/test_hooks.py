@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import DaemonProcess
@@ -57,6 +58,32 @@ def test_the_hook_gets_every_ended_job_and_its_failures_change_nothing(daemon_fa
     assert got[".done"]["result"]["output"] and got[".done"]["files"][0]["moved_to"].startswith("done/")
     assert got[".failed"]["status"] == "failed" and got[".failed"]["error"]
     assert d.stop() == 0
+
+
+def test_the_hook_runs_once_per_job_end_though_its_move_is_retried(daemon_factory, tmp_path: Path) -> None:
+    """A file whose move fails (a file where done/translate should be) is retried by upkeep; the
+    hook and sidecar wait for the settle and run once, not at every retry nor again at restart."""
+    runs = tmp_path / "runs.txt"
+    append = "import os, sys; sys.stdin.read(); open(sys.argv[1], 'a').write(os.environ['EDGED_JOB_ID'] + '\\n')"
+    d = daemon_factory(model={"options": {"mode": "echo"}}, queue={"recover_seconds": 0.5},
+                       hooks={"post_job": [sys.executable, "-c", append, str(runs)]})
+    _drop(d, "translate/a.txt", b"Hello there.\n")
+    blocker = d.spool / "done" / "translate"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    d.start()
+    d.wait_for_event("settle_failed", timeout=30)
+    time.sleep(1.5)
+    assert not runs.exists()  # the job is done, its file not yet settled: no hook yet
+    blocker.unlink()
+    _settled(d, 1)
+    d.wait_until(runs.exists, timeout=30, what="the hook")
+    time.sleep(2)  # further upkeep sweeps
+    assert d.stop() == 0
+    d.start()  # the start-up reconcile finds nothing left to do: no second run
+    time.sleep(2)
+    assert d.stop() == 0
+    assert runs.read_text().split() == [str(d.query("SELECT id FROM jobs")[0][0])]
 
 
 def test_a_hanging_hook_is_killed_with_what_it_started(daemon_factory, tmp_path: Path) -> None:
