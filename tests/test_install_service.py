@@ -144,3 +144,33 @@ def test_a_kept_config_the_daemon_could_not_read_gets_group_read(tmp_path: Path)
     res = _install(root)
     assert res.returncode == 0 and "g+r" in res.stdout
     assert oct(conf.stat().st_mode & 0o777) == "0o640" and conf.read_text() == "state_dir: /var/lib/edged\n"
+
+
+@pytest.mark.parametrize(("line", "spool"), [("spool_dir: /srv/scans  # the share", "/srv/scans"),
+                                             ("spool_dir: '/srv/scans'", "/srv/scans"),
+                                             ("spool_dir: spool", "/etc/edged/spool")])
+def test_the_kept_configs_spool_is_read_as_the_daemon_reads_it(tmp_path: Path, line: str, spool: str) -> None:
+    root = tmp_path / "root"
+    conf = root / "etc" / "edged" / "config.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f"state_dir: /var/lib/edged\n{line}\n")
+    res = _install(root)
+    assert res.returncode == 0, res.stderr
+    unit = (root / "etc" / "systemd" / "system" / "edged.service").read_text()
+    assert f"ReadWritePaths={spool}\n" in unit  # a path of the installed system, never of --root's tree
+
+
+def test_a_kept_config_that_cannot_be_read_stops_the_install(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    conf = root / "etc" / "edged" / "config.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_bytes(b"spool_dir: [unclosed\n")
+    res = _install(root)
+    assert res.returncode == 3 and "cannot be read as the daemon reads it" in res.stderr
+    assert not (root / "etc" / "systemd" / "system" / "edged.service").exists()
+
+
+def test_a_spool_path_the_unit_cannot_hold_is_refused(tmp_path: Path) -> None:
+    res = _install(tmp_path / "root", "--spool", "/srv/my scans")
+    assert res.returncode == 2 and "spaces, quotes" in res.stderr
+    assert not (tmp_path / "root" / "etc" / "systemd").exists()

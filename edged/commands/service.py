@@ -76,16 +76,25 @@ def _edged_program(given: Optional[str]) -> str:
     return os.path.abspath(found)
 
 
-def _spool_of(config: Path) -> Optional[str]:
-    """The spool an existing config names (a re-run must not move the unit away from it)."""
+def _spool_of(config: Path, config_at_boot: str) -> Optional[str]:
+    """The spool an existing config names (a re-run must not move the unit away from it).
+
+    Read as the daemon reads it (YAML, `~` expanded, relative to the config's folder), as a
+    path of the installed system: `config_at_boot` is where the config lies there."""
+    import yaml
+
+    if not config.exists():
+        return None
     try:
-        match = re.search(r"(?m)^spool_dir:\s*(\S+)\s*$", config.read_text())
-    except OSError:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CliError(f"{config} exists but cannot be read as the daemon reads it ({type(exc).__name__}: {exc}):"
+                       " mend it, or name the spool with --spool", ExitCode.CONFIG) from None
+    value = data.get("spool_dir") if isinstance(data, dict) else None
+    if not value:
         return None
-    if match is None:
-        return None
-    value = match.group(1).strip("'\"")
-    return value if os.path.isabs(value) else str((config.parent / value).resolve())
+    path = Path(os.path.expanduser(str(value)))
+    return str(path if path.is_absolute() else Path(config_at_boot).parent / path)
 
 
 def render_unit(text: str, bin_path: str, config: str, spool: str, state: str = UNIT_STATE) -> str:
@@ -141,7 +150,7 @@ def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: Optional[st
             raise CliError(f"{tool} not found: this sets up a systemd service (systemd >= 250)", ExitCode.ERROR)
     root = root.resolve()
     warnings = []
-    kept_spool = _spool_of(root / config.lstrip("/"))
+    kept_spool = _spool_of(root / config.lstrip("/"), config)
     if spool is None:
         spool = kept_spool or UNIT_SPOOL
     elif kept_spool and kept_spool != spool:
@@ -149,6 +158,10 @@ def install_service(root: Path, *, config: str = UNIT_CONFIG, spool: Optional[st
     for name, value in (("--config", config), ("--spool", spool)):
         if not os.path.isabs(value):
             raise CliError(f"{name} must be an absolute path (got {value})", ExitCode.USAGE)
+        if re.search(r"[\s'\"\\%]", value):
+            # Unit and tmpfiles lines split on spaces; % starts a systemd specifier.
+            raise CliError(f"{name} {value!r}: spaces, quotes, backslashes and % cannot go into the unit's and"
+                           " tmpfiles.d's lines as they are: choose a path without them", ExitCode.USAGE)
     job = Install(root, _edged_program(bin_path), config, spool)
     on_host = root == Path("/")
     if job.bin.startswith(("/home/", "/root/")):
