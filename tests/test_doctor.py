@@ -147,3 +147,26 @@ def test_whose_access_is_checked(tmp_path: Path, make_settings) -> None:
         users.ensure_users()
         os.chown(s.state_dir, users.uid(users.DAEMON), users.gid())
         assert daemon_user(s, None) == users.DAEMON
+
+
+def test_a_state_folder_of_an_unknown_uid_is_a_failure_not_a_crash(tmp_path: Path, make_settings, capsys) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    cfg = _config(tmp_path)
+    (tmp_path / "state").mkdir()
+    os.chown(tmp_path / "state", 54321, 54321)  # a restored image: no account has this uid
+    code, checks = _doctor(capsys, cfg)
+    assert code == ExitCode.CHECK_FAILED
+    assert "uid 54321, which has no account" in checks["access"]["detail"] and checks["access"]["fix"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_check_that_dies_as_the_user_is_a_failure(tmp_path: Path, monkeypatch) -> None:
+    import signal
+
+    import users
+    from edged.commands import access
+
+    users.ensure_users()
+    found = access.as_user(users.DAEMON, lambda: os.kill(os.getpid(), signal.SIGKILL) or [])
+    assert [(a.check, a.result) for a in found] == [("access", "FAIL")] and "signal 9" in found[0].detail

@@ -39,7 +39,11 @@ def daemon_user(settings: Settings, given: Optional[str]) -> str:
     for path in (db, settings.state_dir):
         if path is not None and path.exists():
             # Root's too: a state folder root made is one a daemon run by root uses.
-            return pwd.getpwuid(path.stat().st_uid).pw_name
+            uid = path.stat().st_uid
+            try:
+                return pwd.getpwuid(uid).pw_name
+            except KeyError:  # a restored image, a deleted account: as_user says so
+                return str(uid)
     if settings.state_dir == Path("/var/lib/edged"):  # the unit's StateDirectory=: its User=edged
         try:
             pwd.getpwnam("edged")
@@ -123,7 +127,9 @@ def _model(model: Path, user: str) -> Access:
 
 
 def as_user(user: str, fn: Callable[[], list[Access]]) -> list[Access]:
-    """`fn` run by `user` with that user's groups (in a child when the caller is root)."""
+    """`fn` run by `user` with that user's groups (in a child when the caller is root).
+
+    KeyError when no such user exists (a bare uid: an owner without an account)."""
     pw = pwd.getpwnam(user)
     if os.geteuid() == pw.pw_uid:
         return fn()
@@ -134,21 +140,30 @@ def as_user(user: str, fn: Callable[[], list[Access]]) -> list[Access]:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: become the user for real, answer on the pipe, never return
-        code = 0
+        code = 1
         try:
             os.close(read_end)
-            os.initgroups(user, pw.pw_gid)
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            data = json.dumps([asdict(a) for a in fn()]).encode()
-        except BaseException as exc:
-            data = json.dumps([asdict(Access("access", "FAIL", f"checking as {user} failed: {exc!r}"))]).encode()
-            code = 1
-        with os.fdopen(write_end, "wb") as out:
-            out.write(data)
-        os._exit(code)
+            try:
+                os.initgroups(user, pw.pw_gid)
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                data = json.dumps([asdict(a) for a in fn()]).encode()
+                code = 0
+            except BaseException as exc:
+                data = json.dumps([asdict(Access("access", "FAIL", f"checking as {user} failed: {exc!r}"))]).encode()
+            with os.fdopen(write_end, "wb") as out:
+                out.write(data)
+        finally:
+            os._exit(code)  # whatever happened: never go on as the daemon's user
     os.close(write_end)
     with os.fdopen(read_end, "rb") as inp:
         raw = inp.read()
-    os.waitpid(pid, 0)
-    return [Access(**a) for a in json.loads(raw or b"[]")]
+    _, status = os.waitpid(pid, 0)
+    try:
+        found = [Access(**a) for a in json.loads(raw)]
+    except (ValueError, TypeError):
+        found = []
+    if not found:
+        why = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        return [Access("access", "FAIL", f"the check as {user} ended without an answer ({why})")]
+    return found

@@ -212,8 +212,10 @@ def doctor(settings: Settings, as_json: bool = False, user: Optional[str] = None
     try:
         report += as_user(who, lambda: checks(settings, who))
     except KeyError:
-        report.append(Access("access", FAIL, f"no user {who} on this box",
-                             "edged install-service makes it (or name the daemon's user with --user)"))
+        what = f"the state belongs to uid {who}, which has no account here" if who.isdigit() else f"no user {who}"
+        report.append(Access("access", FAIL, f"{what} on this box",
+                             f"chown -R edged:edged {settings.state_dir} (edged install-service makes the account),"
+                             " or name the daemon's user with --user"))
     others: list[tuple[str, Callable[[], tuple[str, str]]]] = [
         ("spool_fs", lambda: _spool_fs(settings)),
         ("spool_safety", lambda: _spool_safety(settings)),
