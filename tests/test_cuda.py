@@ -161,3 +161,24 @@ def test_onnxruntime_telemetry_is_off_and_says_nothing(tmp_path: Path) -> None:
     if "telemetry" not in bare.stderr:
         pytest.skip(f"onnxruntime {ort.__version__} has no telemetry to turn off")
     assert ours.stderr == "" and ours.stdout.strip() == "1", ours.stderr
+
+
+def test_quieting_native_writes_leaves_python_writers_their_stream(tmp_path: Path) -> None:
+    """The probe runs while the daemon's other threads log: their lines must reach the real
+    stderr, only what native code writes to fd 2 is caught. A closed fd 2 is no error."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, threading\nfrom edged.engine import cuda\n"
+            "with cuda.quiet_fds() as text:\n"
+            "    os.write(2, b'native noise\\n')\n"
+            "    t = threading.Thread(target=lambda: sys.stderr.write('a log line from a thread\\n'))\n"
+            "    t.start(); t.join()\n"
+            "print('caught:', text[0].strip(), flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.stderr == "a log line from a thread\n" and res.stdout == "caught: native noise\n", res
+    closed = subprocess.run([sys.executable, "-c", code.rsplit("print(", 1)[0]],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=60,
+                            preexec_fn=lambda: os.close(2))
+    assert closed.returncode == 0

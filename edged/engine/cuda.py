@@ -38,31 +38,58 @@ class Probe:
 
 @contextmanager
 def quiet_fds() -> Iterator[list[str]]:
-    """Native code writing to fds 1 and 2 writes to a temporary file instead; its text is given back."""
+    """Native code writing to fds 1 and 2 writes to a temporary file instead; its text is given back.
+
+    Python's own writers (the daemon's other threads log meanwhile) keep the real streams:
+    sys.stdout and sys.stderr, where they are those fds, are pointed at copies of them for
+    the while. A closed fd 1 or 2 leaves nothing to quiet."""
     captured: list[str] = []
+    _flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        yield captured
+        return
+    swapped = {}
+    try:
+        with tempfile.TemporaryFile() as sink:
+            for name, fd in (("stdout", saved[0]), ("stderr", saved[1])):
+                stream = getattr(sys, name)
+                if _fileno(stream) in (1, 2):
+                    swapped[name] = stream
+                    setattr(sys, name, os.fdopen(os.dup(fd), "w", buffering=1, encoding=stream.encoding,
+                                                 errors=stream.errors))
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                _flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                sink.seek(0)
+                captured.append(re.sub(r"\x1b\[[0-9;]*m", "", sink.read().decode("utf-8", "replace")))
+    finally:
+        for name, stream in swapped.items():
+            getattr(sys, name).close()
+            setattr(sys, name, stream)
+        for fd in saved:
+            os.close(fd)
+
+
+def _fileno(stream: object) -> int:
+    try:
+        return int(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return -1
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            captured.append(re.sub(r"\x1b\[[0-9;]*m", "", sink.read().decode("utf-8", "replace")))
 
 
 def _provider_library() -> Path:
