@@ -7,6 +7,7 @@ the order things start and stop in, and which part each scheduled job calls.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -67,6 +68,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.notify = Notifier()
+        self._reloads = 0
         self.control = Control(lambda: self.settings.queue.drain_grace_seconds, on_stopping=self.notify.stopping)
         self.parts: Optional[Running] = None
 
@@ -253,7 +255,8 @@ class Daemon:
         ExecReload) waits for it, so that `systemctl reload edged` returns once it is done
         and fails when the file was refused."""
         self.notify.reloading()
-        outcome: dict[str, Any] = {"at": time.time(), "ok": True}
+        self._reloads += 1  # a count, not a clock: `edged reload` waits for the next one
+        outcome: dict[str, Any] = {"seq": self._reloads, "pid": os.getpid(), "at": time.time(), "ok": True}
         try:
             outcome.update(self._reload())
         except ConfigError as exc:

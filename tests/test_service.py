@@ -229,3 +229,20 @@ def test_throughput_rows_logs_status_and_metrics_agree_with_the_jobs_done(daemon
     assert sum(s["jobs_done"] for s in summaries) == 7
     assert any(s["avg_wait_ms"] is not None and s["avg_wait_ms"] > 0 for s in summaries)
 
+
+
+def test_edged_reload_waits_for_the_next_reload_by_count_not_by_clock(monkeypatch, make_settings, capsys) -> None:
+    """An earlier outcome stamped in the future (the clock stepped back since) is not this reload's."""
+    import time as _time
+
+    from edged.commands import reload as cmd
+    from edged.exitcodes import ExitCode
+
+    earlier = {"seq": 3, "pid": 4242, "at": _time.time() + 3600, "ok": False, "error": "an old refusal"}
+    answers = iter([{"pid": 4242, "reload": earlier}] * 3 +
+                   [{"pid": 4242, "reload": {**earlier, "seq": 4, "ok": True, "changed": ["log.level"]}}])
+    monkeypatch.setattr(cmd, "_runtime", lambda _s: next(answers))
+    monkeypatch.setattr(cmd.os, "kill", lambda pid, sig: None)
+    monkeypatch.setattr(cmd.time, "sleep", lambda _s: None)
+    assert cmd.reload(make_settings(), 4242, timeout=30) == ExitCode.OK
+    assert "changed log.level" in capsys.readouterr().out

@@ -35,9 +35,10 @@ def _signal(pid: int) -> None:
 
 def reload(settings: Settings, pid: Optional[int], timeout: float) -> ExitCode:
     try:
-        recorded = _runtime(settings).get("pid")
+        runtime = _runtime(settings)
     except EdgedError:
-        recorded = None  # no database where this config says: it may have moved (state_dir, database)
+        runtime = {}  # no database where this config says: it may have moved (state_dir, database)
+    recorded = runtime.get("pid")
     if pid is None:
         if not isinstance(recorded, int):
             raise CliError("no daemon has run on this database (no pid recorded)", ExitCode.NOT_FOUND)
@@ -49,12 +50,14 @@ def reload(settings: Settings, pid: Optional[int], timeout: float) -> ExitCode:
         print(f"signalled pid {pid}; not waiting for its word: this config's database ({settings.database_url}) is"
               " not the one it runs on (state_dir or database changed: restart the service for those)")
         return ExitCode.OK
-    t0 = time.time()
+    # The daemon counts its reloads: wait for one past the count now (a clock could step).
+    last = runtime.get("reload")
+    before = int(last.get("seq", 0)) if isinstance(last, dict) and last.get("pid") == pid else 0
     _signal(pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         outcome = _runtime(settings).get("reload")
-        if isinstance(outcome, dict) and float(outcome.get("at", 0)) >= t0:
+        if isinstance(outcome, dict) and outcome.get("pid") == pid and int(outcome.get("seq", 0)) > before:
             if not outcome.get("ok"):
                 print(f"edged: reload refused, the running configuration stays: {outcome.get('error')}",
                       file=sys.stderr)
