@@ -112,9 +112,32 @@ def test_the_attempts_migration_keeps_a_v4_database_and_starts_its_history_empty
     con.commit()
     con.close()
     engine = open_engine(f"sqlite:///{db}")
-    assert migrate(engine) == [5]
+    assert migrate(engine) == [5, 6]
     q = Queue(engine)
     assert q.job_status(1) == ("failed", "boom", 3) and attempts_of(engine, 1) == []
     assert q.requeue([1]) == [1]
     (job,) = q.claim(1)
     assert _story(q, 1) == [(2, 1, "running", None)]
+
+
+def test_v6_indexes_when_attempts_ended_for_a_followers_poll(tmp_path: Path) -> None:
+    """A v5 database gains job_attempts_finished and keeps its attempts (results --follow looks them up by it)."""
+    db = tmp_path / "v5.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for version, statements in enumerate(MIGRATIONS[:5], start=1):
+        for statement in statements:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_migrations VALUES (?, '2026-12-01T00:00:00.000Z')", (version,))
+    t = "2026-12-01T10:00:00.000Z"
+    con.execute("INSERT INTO jobs (id, task, source_path, created_at, next_run_at) VALUES (1, 'ocr', 'a', ?, ?)",
+                (t, t))
+    con.execute("INSERT INTO job_attempts (job_id, round, attempt, started_at, finished_at, outcome)"
+                " VALUES (1, 1, 1, ?, ?, 'retry')", (t, t))
+    con.commit()
+    con.close()
+    assert migrate(open_engine(f"sqlite:///{db}")) == [6]
+    con = sqlite3.connect(db)
+    columns = [row[2] for row in con.execute("PRAGMA index_info('job_attempts_finished')")]
+    assert columns == ["finished_at"] and con.execute("SELECT COUNT(*) FROM job_attempts").fetchone() == (1,)
+    con.close()

@@ -113,14 +113,20 @@ def list_results(
     if since:
         where.append("COALESCE(j.finished_at, j.created_at) >= :since")
         args["since"] = iso(since)
+    source = "jobs j"
     if changed_since:
-        where.append("(j.finished_at >= :changed OR EXISTS (SELECT 1 FROM job_attempts a WHERE a.job_id = j.id"
-                     " AND a.finished_at >= :changed))")
+        # What changed comes from two index range lookups (jobs_finished, job_attempts_finished), and
+        # CROSS JOIN makes SQLite start from them and fetch each job by its id. Before, an OR with a
+        # correlated EXISTS made it walk every done and failed job on each poll of a follower (0.56 s
+        # at a million jobs); left to choose, it still starts from jobs_ready's statuses.
+        source = ("(SELECT id FROM jobs WHERE finished_at >= :changed UNION"
+                  " SELECT job_id FROM job_attempts WHERE finished_at >= :changed) AS changed"
+                  " CROSS JOIN jobs j ON j.id = changed.id")
         args["changed"] = iso(changed_since)
     sql = (
         "SELECT j.id AS job_id, j.task, j.status, j.source_path, j.params, j.sha256, j.attempts, j.error,"
         " j.created_at, j.finished_at, j.next_run_at, r.output, COALESCE(r.model, j.model) AS model, r.prompt_tokens,"
-        " r.output_tokens, r.duration_ms FROM jobs j LEFT JOIN results r ON r.job_id = j.id"
+        f" r.output_tokens, r.duration_ms FROM {source} LEFT JOIN results r ON r.job_id = j.id"
         f" WHERE {' AND '.join(where)} ORDER BY COALESCE(j.finished_at, j.created_at) DESC, j.id DESC"
     )
     if limit:

@@ -159,6 +159,11 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX job_attempts_job ON job_attempts (job_id, id)",
     ],
+    # v6: `edged results --follow` asks each second for what changed since its last poll: the
+    # attempts that ended since then, found by this index rather than by reading every attempt.
+    [
+        "CREATE INDEX job_attempts_finished ON job_attempts (finished_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
