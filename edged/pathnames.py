@@ -8,8 +8,7 @@ bytes (SQLite columns take either), and messages show it with the bytes as \\xNN
 from __future__ import annotations
 
 import os
-import unicodedata
-from typing import Optional, Union, overload
+from typing import Callable, Optional, Union, overload
 
 Stored = Union[str, bytes]
 
@@ -43,10 +42,12 @@ def displayable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-# Format characters that are part of writing (joiners in Indic, Persian and emoji sequences; emoji
-# tag characters for flags): left alone. Every other format character (bidi overrides such as
-# U+202E, which reorder what a reader sees) is escaped.
-_KEPT_FORMAT = frozenset({"\u200c", "\u200d", *map(chr, range(0xE0020, 0xE0080))})
+# What reorders the text a reader sees: the bidi embeddings and overrides (U+202A-U+202E) and
+# isolates (U+2066-U+2069), which can make `gpj.exe` read as `exe.jpg`. The other format characters
+# are part of writing and stay: soft hyphens (OCR output), LRM/RLM/ALM in Hebrew and Arabic text,
+# joiners in Indic, Persian and emoji sequences, word joiners, BOMs, emoji tags.
+_REORDERING = frozenset(map(chr, (*range(0x202A, 0x202F), *range(0x2066, 0x206A))))
+_LINE_BREAKS = frozenset({"\u2028", "\u2029"})  # line and paragraph separators: they break a row like \n
 
 
 def _escape_char(ch: str) -> str:
@@ -54,19 +55,48 @@ def _escape_char(ch: str) -> str:
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
-def for_terminal(text: str, keep: str = "") -> str:
-    """Text fit for a terminal: control characters (C0, DEL, C1), line and paragraph separators and
-    text-reordering format characters shown as \\x1b, \\u202e …, so a file name or a model's output
-    can never colour, move or rewrite what the operator sees, and clipping the result can never cut
-    an escape sequence in half. `keep`: characters the caller's layout handles (a newline, a tab).
-    Not for JSON or SQL, which carry the exact text."""
+def _is_control(ch: str) -> bool:
+    """C0, DEL or C1: what a terminal takes as a command (ESC, CSI) rather than as text."""
+    n = ord(ch)
+    return n < 0x20 or 0x7F <= n <= 0x9F
+
+
+def _escaped(text: str, keep: str, hurts: Callable[[str], bool], backslash: bool) -> str:
     out = []
     for ch in text:
-        kind = unicodedata.category(ch)
-        if 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte of a name that is not UTF-8 (surrogate escape): as displayable
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif ch not in keep and (kind in ("Cc", "Zl", "Zp", "Cs") or (kind == "Cf" and ch not in _KEPT_FORMAT)):
+        n = ord(ch)
+        if 0xDC80 <= n <= 0xDCFF:  # a byte of a name that is not UTF-8 (surrogate escape): as displayable
+            out.append(f"\\x{n - 0xDC00:02x}")
+        elif ch in keep:
+            out.append(ch)
+        elif ch == "\\" and backslash:
+            out.append("\\\\")
+        elif hurts(ch) or 0xD800 <= n <= 0xDFFF:  # a lone surrogate cannot even be written out
             out.append(_escape_char(ch))
         else:
             out.append(ch)
     return "".join(out)
+
+
+def _hurts_terminal(ch: str) -> bool:
+    return _is_control(ch) or ch in _REORDERING or ch in _LINE_BREAKS
+
+
+def for_terminal(text: str, keep: str = "", *, stored: bool = False) -> str:
+    """Text fit for a terminal: control characters (C0, DEL, C1), line and paragraph separators and
+    the bidi embeddings, overrides and isolates shown as \\x1b, \\u202e …, so a file name or a
+    model's output can never colour, move or reorder what the operator sees, and clipping the result
+    can never cut an escape sequence in half. A backslash is shown as \\\\, so `\\x1b` on screen is
+    always an escape and never the text's own. Other format characters (soft hyphen, LRM, ZWJ …) are
+    writing and stay. `keep`: characters the caller's layout handles (a newline, a tab).
+
+    `stored`: the text is the store's readable form of a name (`displayable`, jobs.source_path),
+    whose \\xNN already stand for bytes: its backslashes stay single, as that form has them.
+    Not for JSON or SQL, which carry the exact text."""
+    return _escaped(text, keep, _hurts_terminal, backslash=not stored)
+
+
+def for_csv(text: str) -> str:
+    """A CSV cell's text: only C0, DEL and C1 escaped (a CSV is read in terminals too); tabs, CR and
+    LF stay, inside the cell's quotes, and every other character is the data's own."""
+    return _escaped(text, "\t\r\n", _is_control, backslash=False)

@@ -235,7 +235,9 @@ def test_names_and_outputs_reach_the_terminal_escaped(tmp_path: Path, capsys, mo
     assert "source              translate/de/evil\\x1b[31mRED\\x1b[0m.txt" in out
     assert "\\x1b]0;pwned\\x07" in out
     assert main(["results", "-c", cfg, "--format", "csv"]) == 0
-    _assert_escaped(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    # CSV escapes the controls only: bidi characters are the data's (a spreadsheet shows them as text).
+    assert not any(raw in out for raw in ("\x1b", "\x07", "\x9b")) and "\u202egnalrednieht\u202c" in out
     # JSON and JSON lines carry the exact text.
     assert main(["results", "-c", cfg, "--format", "jsonl"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -313,3 +315,166 @@ def test_for_terminal_escapes_what_drives_a_terminal_and_keeps_what_is_writing()
     family, persian = "\U0001F468\u200d\U0001F469\u200d\U0001F467", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
     assert for_terminal(family) == family and for_terminal(persian) == persian  # joiners are writing
     assert for_terminal("Grüße, 世界 😀") == "Grüße, 世界 😀"
+
+
+def test_a_followers_poll_looks_up_only_what_changed_by_index(tmp_path: Path) -> None:
+    """The plan of a follower's poll: no walk over every done and failed job (jobs_ready's statuses,
+    then a correlated subquery per job, 0.56 s at a million jobs), only the two finished_at indexes."""
+    import sqlite3
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from edged.store import migrate, open_engine
+    from edged.store.queries import list_results
+    from edged.timeutil import iso, utcnow
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    migrate(engine)
+    now = utcnow()
+    old, recent = iso(now - timedelta(days=3)), iso(now - timedelta(seconds=5))
+    con = sqlite3.connect(tmp_path / "e.db")
+    with con:
+        jobs = [(1, "done", old, old), (2, "done", recent, recent), (3, "failed", old, old),
+                (4, "queued", None, iso(now + timedelta(minutes=10)))]  # 4: failed just now, waits for its retry
+        con.executemany("INSERT INTO jobs (id, task, source_path, status, finished_at, created_at, next_run_at)"
+                        " VALUES (?, 'ocr', 'ocr/x.png', ?, ?, '2026-01-01T00:00:00.000Z', ?)", jobs)
+        con.executemany("INSERT INTO job_attempts (job_id, round, attempt, started_at, finished_at, outcome)"
+                        " VALUES (?, 1, 1, ?, ?, ?)", [(1, old, old, "done"), (4, recent, recent, "retry")])
+    con.close()
+    plans: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _plan(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if "AS job_id" in statement:
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            plans.append("\n".join(row[-1] for row in rows))
+
+    since = now - timedelta(minutes=1)
+    for query in ({}, {"task": "ocr"}, {"status": "done"}):
+        got = list_results(engine, changed_since=since, limit=None, **query)
+        assert [r["job_id"] for r in got] == ([2] if "status" in query else [2, 4]), query
+    assert len(plans) == 3
+    for plan in plans:
+        assert "jobs_finished" in plan and "job_attempts_finished" in plan, plan
+        assert "jobs_ready" not in plan and "MULTI-INDEX OR" not in plan, plan  # before: both
+        assert "CORRELATED" not in plan and "job_attempts_job" not in plan, plan
+        # The one table walked is the handful of changed ids; each job is then fetched by its id.
+        scans = [line for line in plan.splitlines() if line.startswith("SCAN")]
+        assert scans == ["SCAN changed"], plan
+        assert "SEARCH j USING INTEGER PRIMARY KEY" in plan, plan
+
+
+def _columns(text: str) -> int:
+    """Display columns as a terminal counts them, independently of results.py's own count."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+CJK_TEXT = ("这份报告描述了设备在冬季的运行情况、更换了哪些零件，以及为什么春季的维护时间比计划的更长。"
+            "😀👍🏽 還有全角文字ＡＢＣ和組み合わせ文字 e\u0301 ये हिन्दी है。")
+
+
+def test_the_table_fits_80_and_60_columns_with_cjk_and_emoji(tmp_path: Path, capsys, monkeypatch) -> None:
+    from edged.commands.results import Table
+
+    for columns in (80, 60):
+        table = Table(tty=True, width=columns)
+        header = table.header()
+        lines = [table.row(_row(7, source="ocr/报告📄季度总结文件名.png", output="OUT" + CJK_TEXT)),
+                 table.row(_row(8, source="ocr/" + "e\u0301" * 20 + ".png", output="OUT" + "e\u0301" * 100)),
+                 table.row(_row(9, source="ocr/ＡＢＣ😀ＡＢＣ😀ＡＢＣ😀.png", output="OUT" + "ＡＢＣ😀" * 30))]
+        for line in lines:
+            # Before: 99 columns at 80. A wide character that does not fit leaves a column free.
+            assert columns - 1 <= _columns(line) <= columns and line.endswith("…"), (columns, line)
+            # The source and the output begin under their headings, counted in columns.
+            for text, heading in (("ocr/", "source"), ("OUT", "output")):
+                assert _columns(line[: line.index(text)]) == _columns(header[: header.index(heading)]), line
+    # End to end: a Chinese name and text, at 80 and 60 columns, and whole in a pipe.
+    cfg = _done_translation(tmp_path, capsys, name="报告📄季度总结文件.txt", text=CJK_TEXT)
+    for columns in (80, 60):
+        header, line = _rows_at(cfg, columns, capsys, monkeypatch)
+        assert _columns(header) <= columns and columns - 1 <= _columns(line) <= columns, (columns, line)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert main(["results", "-c", cfg]) == 0  # a pipe: whole
+    assert CJK_TEXT in capsys.readouterr().out
+
+
+def _row(job_id: int, source: str = "src/de/a.txt", output: str = "x" * 200) -> dict:
+    from edged.timeutil import iso, utcnow
+
+    now = iso(utcnow())
+    return {"job_id": job_id, "task": "translate", "status": "done", "finished_at": now, "created_at": now,
+            "next_run_at": now, "source_path": source, "output": output, "error": None, "attempts": 1}
+
+
+def test_rows_fit_from_51_columns() -> None:
+    from edged.commands.results import Table
+
+    for width in (51, 52, 60):
+        table = Table(tty=True, width=width)
+        line = table.row(_row(123456))
+        assert len(line) == width and len(table.header()) <= width, (width, line)  # before: 52 at 51
+
+
+def test_a_long_job_id_widens_its_column_and_the_row_still_fits(capsys, monkeypatch) -> None:
+    from edged.commands.results import Printer, Table
+
+    for width in (52, 60, 80):
+        table = Table(tty=True, width=width)
+        assert table.fit([_row(1), _row(12345678)])
+        header, short, long = table.header(), table.row(_row(1)), table.row(_row(12345678))
+        assert len(short) == len(long) == width and len(header) <= width, width  # before: 54 at 52
+        for line in (short, long):
+            assert line.index("done") == header.index("status") and line.index("src/") == header.index("source")
+    # A follower: the header again when a wider id comes, every row under its header.
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    printer = Printer("table")
+    printer.print([_row(999999)])
+    printer.print([_row(1000000)])
+    printer.print([_row(1000001)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.startswith(" job") or line.lstrip().startswith("job") for line in lines] == [
+        True, False, True, False, False]
+    assert len({len(line) for line in lines[1::1] if not line.lstrip().startswith("job")}) == 1
+    assert lines[2].index("status") == lines[3].index("done") == lines[4].index("done")
+
+
+WRITING = ("Trenn\u00adstrich \u200eשלום\u200f \u061cمرحبا word\u2060joiner \ufeffbom "
+           "\U0001F468\u200d\U0001F469\u200d\U0001F467 \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645")
+
+
+def test_for_terminal_leaves_format_characters_that_are_writing_and_doubles_backslashes() -> None:
+    from edged.pathnames import for_csv, for_terminal
+
+    assert for_terminal(WRITING) == WRITING  # before: \xad, \u200e, \u200f, \u061c, \u2060, \ufeff
+    for ch in ("\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+               "\u2028", "\u2029", "\x1b", "\x00", "\x7f", "\x85", "\x9b"):
+        escape = f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+        assert for_terminal(f"a{ch}b") == f"a{escape}b", repr(ch)
+    # A literal backslash is \\ on screen, so \x1b there is always an escape.
+    assert for_terminal("C:\\x1b and \x1b") == "C:\\\\x1b and \\x1b"
+    assert for_terminal("caf\\xe9.txt", stored=True) == "caf\\xe9.txt"  # the store's own \xNN for a byte
+    assert for_terminal(os.fsdecode(b"caf\xe9\\.txt")) == "caf\\xe9\\\\.txt"
+    # CSV: the controls only; tabs and newlines stay (quoted), and the rest is the data's.
+    assert for_csv(WRITING + "\u202e \\x1b\t\r\n") == WRITING + "\u202e \\x1b\t\r\n"
+    assert for_csv("a\x1bb\x7fc\x9bd\x00") == "a\\x1bb\\x7fc\\x9bd\\x00"
+
+
+def test_show_csv_and_the_table_keep_writing_and_mark_a_literal_backslash(tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:
+    text = WRITING + " literal \\x1b end"
+    cfg = _done_translation(tmp_path, capsys, name="back\\slash.txt", text=text)
+    assert main(["show", "-c", cfg, "1"]) == 0
+    out = capsys.readouterr().out
+    assert WRITING in out and "literal \\\\x1b end" in out
+    assert "translate/de/back\\slash.txt" in out and "back\\\\slash" not in out  # a name: the store's form
+    assert main(["results", "-c", cfg, "--format", "csv"]) == 0
+    record = dict(zip(*csv.reader(io.StringIO(capsys.readouterr().out)), strict=True))
+    assert text in record["output"]  # before: the soft hyphen, marks and joiners came out escaped
+    assert main(["results", "-c", cfg]) == 0
+    _header, line = capsys.readouterr().out.splitlines()
+    assert WRITING in line and "literal \\\\x1b end" in line and "back\\slash.txt" in line

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,7 +15,7 @@ from edged.commands import command_parts
 from edged.commands.output import emit_json, retry_at, shown_status
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
-from edged.pathnames import for_terminal
+from edged.pathnames import for_csv, for_terminal
 from edged.store import DatabaseMissing
 from edged.store.queries import list_results
 from edged.timeutil import local_time, parse_iso, parse_since, utcnow
@@ -32,14 +33,47 @@ _NARROW = 77  # below this the task column goes: a job's source path begins with
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _one_line(text: Optional[str]) -> str:
+def _one_line(text: Optional[str], stored: bool = False) -> str:
     """The text on one line, fit for a terminal: whitespace runs (newlines too) as one space, and
     control characters escaped before any clipping, so a cut never halves an escape sequence."""
-    return for_terminal(" ".join((text or "").split()))
+    return for_terminal(" ".join((text or "").split()), stored=stored)
+
+
+def _char_width(ch: str) -> int:
+    """Columns a terminal gives a character: 2 for East Asian wide and fullwidth (CJK, most emoji),
+    0 for combining marks and other zero-width ones (ZWJ, variation selectors, LRM), else 1.
+    Counting len() instead made a Chinese row 99 columns wide at 80."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    if unicodedata.category(ch) == "Cf":
+        return 1 if ch == "\u00ad" else 0  # a soft hyphen shows as a hyphen in terminals (as wcwidth says)
+    if "\u1160" <= ch <= "\u11ff":  # Hangul vowels and finals: they join the syllable before them
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _width(text: str) -> int:
+    return sum(map(_char_width, text))
 
 
 def _clip(text: str, width: Optional[int]) -> str:
-    return text if width is None or len(text) <= width else text[: max(width - 1, 0)] + "…"
+    """At most `width` columns, cut with … when longer; zero-width marks stay with their letter."""
+    if width is None or _width(text) <= width:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = _char_width(ch)
+        if used + w > width - 1:  # room for the …
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
+def _pad(text: str, width: int, right: bool = False) -> str:
+    """Filled with spaces to `width` display columns (str.format pads by characters)."""
+    fill = " " * max(width - _width(text), 0)
+    return fill + text if right else text + fill
 
 
 class Table:
@@ -48,7 +82,9 @@ class Table:
 
     From _WIDE columns: job, task, status, the full local time, source, output. Narrower: the time
     as month-day hour:minute; below _NARROW the task goes too (the source path names it). A row
-    fits from 51 columns (job, status, time, and 8 each of source and output)."""
+    fits from 51 columns (job ids up to 6 digits, status, time, 7 of source and 8 of output); the
+    job column is as wide as the widest id shown (fit), at least 6, and a longer id takes its
+    columns from the source and the output. Widths are display columns (CJK and emoji count 2)."""
 
     def __init__(self, tty: bool, width: int, now: Callable[[], datetime] = utcnow) -> None:
         self.tty, self.width, self.now = tty, width, now
@@ -62,25 +98,35 @@ class Table:
         self.when_fmt = _LONG_WHEN if wide else _SHORT_WHEN
         self.when_w = 19 if wide else 11
         self.with_task = not tty or width >= _NARROW
-        when_head = f"when ({self.zone})" if wide else f"when {self.zone}"
-        self._header = self._line("job", "task", "status", when_head, "source", "output / error")
+        self.when_head = f"when ({self.zone})" if wide else f"when {self.zone}"
+        self.job_w = 6
 
     def header(self) -> str:
-        return self._header
+        return self._line("job", "task", "status", self.when_head, "source", "output / error")
+
+    def fit(self, rows: Sequence[dict[str, Any]]) -> bool:
+        """Widen the job column to the widest id among `rows` (a fixed 6 pushed the later columns
+        of a 7-digit id right, past the terminal's edge); True when it grew, so that a follower
+        prints the header again over the rows now laid out wider."""
+        widest = max((len(str(r["job_id"])) for r in rows), default=0)
+        if widest <= self.job_w:
+            return False
+        self.job_w = widest
+        return True
 
     def _line(self, job: str, task: str, status: str, when: str, source: str, body: str) -> str:
-        task_part = f"{_clip(task, 9):<9} " if self.with_task else ""
-        head = (f"{job:>6}  {task_part}{_clip(status, _STATUS_W):<{_STATUS_W}} "
-                f"{_clip(when, self.when_w):<{self.when_w}} ")
+        task_part = f"{_pad(_clip(task, 9), 9)} " if self.with_task else ""
+        head = (f"{_pad(job, self.job_w, right=True)}  {task_part}{_pad(_clip(status, _STATUS_W), _STATUS_W)} "
+                f"{_pad(_clip(when, self.when_w), self.when_w)} ")
         if not self.tty:
-            return f"{head}{source:<32} {body}".rstrip()
-        room = self.width - len(head)
+            return f"{head}{_pad(source, 32)} {body}".rstrip()
+        room = self.width - _width(head)
         if room >= _MIN_SOURCE + 1 + _MIN_OUTPUT:
             source_w = min(32, room - _MIN_OUTPUT - 1)
-        else:  # a narrow terminal: the two share what is left
-            source_w = max(8, (room - 1) // 2)
-        body_w = max(8, room - source_w - 1)
-        return f"{head}{_clip(source, source_w):<{source_w}} {_clip(body, body_w)}".rstrip()
+        else:  # a narrow terminal: the two share what is left, the output the odd column
+            source_w = max(3, (room - 1) // 2)
+        body_w = max(4, room - source_w - 1)
+        return f"{head}{_pad(_clip(source, source_w), source_w)} {_clip(body, body_w)}".rstrip()
 
     def row(self, row: dict[str, Any]) -> str:
         now = self.now()
@@ -88,17 +134,18 @@ class Table:
         when = parse_iso(when_text).astimezone(self.tz).strftime(self.when_fmt)
         body = row["output"] if row["status"] == "done" else row["error"]
         return self._line(str(row["job_id"]), for_terminal(row["task"]), shown_status(row, now), when,
-                          _one_line(row["source_path"]), _one_line(body))
+                          _one_line(row["source_path"], stored=True), _one_line(body))
 
 
 def _csv_cell(value: Any) -> Any:
     """A text cell a spreadsheet will not run: one that begins like a formula gets a leading ' (as
-    OWASP recommends against CSV injection), and control characters other than the newlines and tabs
-    that CSV quoting carries are escaped, since a CSV is also read in a terminal. `--format jsonl`
+    OWASP recommends against CSV injection), and control characters (C0, DEL, C1) other than the
+    newlines and tabs that CSV quoting carries are escaped, since a CSV is also read in a terminal.
+    Nothing else changes: soft hyphens, bidi marks and backslashes are the data's. `--format jsonl`
     gives the exact text."""
     if not isinstance(value, str):
         return value
-    text = for_terminal(value, keep="\n\r\t")
+    text = for_csv(value)
     return "'" + text if text.startswith(_CSV_FORMULA) else text
 
 
@@ -133,7 +180,8 @@ class Printer:
             for row in rows:
                 self.csv.writerow(_csv_row(row, now))
         else:
-            if first:
+            # The header again when a wider job id widened the column under a follower.
+            if self.table.fit(rows) or first:
                 print(self.table.header())
             for row in rows:
                 print(self.table.row(row))

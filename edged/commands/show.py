@@ -16,13 +16,18 @@ from edged.timeutil import local_time, utcnow
 _TIMES = ("created_at", "started_at", "finished_at", "next_run_at", "lease_expires_at")
 
 
-def _field(name: str, value: Any) -> None:
+def _field(name: str, value: Any, stored: bool = False) -> None:
     # File names, errors and params come from producers and models: escaped, so none can drive the terminal.
-    print(f"{name:<18}  {for_terminal(str(value))}")
+    print(f"{name:<18}  {for_terminal(str(value), stored=stored)}")
 
 
 def _text(value: Any) -> str:
     return for_terminal(str(value))
+
+
+def _path(value: Any) -> str:
+    """A name in the store's readable form (its \\xNN are bytes): escaped, its backslashes as they are."""
+    return for_terminal(str(value), stored=True)
 
 
 def _when(value: Optional[str]) -> str:
@@ -38,7 +43,7 @@ def _print_job(info: dict[str, Any]) -> None:
     _field("status", f"{state}, {waiting}" if waiting else state)
     _field("params", json.dumps(info["params"], ensure_ascii=False) if info["params"] else "-")
     _field("model", info["model"] or "-")
-    _field("source", info["source_path"])
+    _field("source", info["source_path"], stored=True)
     _field("sha256", info["sha256"] or "-")
     _field("size", f"{info['size_bytes']} bytes" if info["size_bytes"] is not None else "-")
     _field("attempts", f"{info['attempts']} in round {info['round']}" + (
@@ -66,12 +71,12 @@ def _print_job(info: dict[str, Any]) -> None:
         print("  (none: a job spawned from another job's result)")
     for f in info["files"]:
         flags = [w for w, on in (("duplicate", f["duplicate"]), ("left in inbox", f["left_in_inbox"])) if on]
-        print(f"  {_text(f['path'])}  [{f['state']}{', ' + ', '.join(flags) if flags else ''}]"
+        print(f"  {_path(f['path'])}  [{f['state']}{', ' + ', '.join(flags) if flags else ''}]"
               f"  received {_when(f['received_at'])}")
         if f["moved_to"]:
-            print(f"    moved to     {_text(f['moved_to'])}")
+            print(f"    moved to     {_path(f['moved_to'])}")
         if f["result_file"]:
-            print(f"    result file  {_text(f['result_file'])}")
+            print(f"    result file  {_path(f['result_file'])}")
         if f["settle_error"]:
             print(f"    move failed  {_text(f['settle_error'])}")
     print()
@@ -107,5 +112,5 @@ def show(settings: Settings, job_id: int, as_json: bool = False) -> ExitCode:
         _print_job(info)
         if info["result_file"]:
             print()
-            print(f"result file         {_text(info['result_file'])}")
+            print(f"result file         {_path(info['result_file'])}")
     return ExitCode.OK
