@@ -50,6 +50,9 @@ class Worker:
         self.on_batch = on_batch or (lambda report: None)
         self.may_run = may_run or (lambda: True)
         self.tick: Callable[[], None] = lambda: None
+        # Kept across a "store_available" that a failing commit follows at once (a probe may
+        # pass where a real write cannot: a full disk): reset only by a stored batch.
+        self._store_delay = 1.0
 
     def apply(self, settings: Settings) -> None:
         self.settings = settings
@@ -96,17 +99,16 @@ class Worker:
 
     def _wait_for_store(self, exc: StoreUnavailable, stop: threading.Event, wake: threading.Event) -> None:
         """Hold the model until the database takes writes again, then give back what we held (uncharged)."""
-        log.warning("store_unavailable", error=str(exc),
+        log.warning("store_unavailable", error=str(exc), retry_in_s=self._store_delay,
                     detail="no attempt is charged; the batch runs again once the database takes writes")
-        delay = 1.0
         while not stop.is_set():
             self.tick()
+            wake.wait(self._store_delay)
+            wake.clear()
+            self._store_delay = min(self._store_delay * 2, STORE_RETRY_MAX_S)
             try:
                 released = self.queue.release()
             except StoreUnavailable:
-                wake.wait(delay)
-                wake.clear()
-                delay = min(delay * 2, STORE_RETRY_MAX_S)
                 continue
             log.info("store_available", released_jobs=released)
             return
@@ -203,7 +205,9 @@ class Worker:
         """Store the batch's results in one transaction; if the database refuses one row, each alone."""
         pairs = [(it.job, res) for it, res in finished]
         try:
-            return self.queue.complete(pairs)
+            stored = self.queue.complete(pairs)
+            self._store_delay = 1.0
+            return stored
         except StoreUnavailable:
             raise
         except exc.SQLAlchemyError as error:

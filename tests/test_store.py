@@ -307,3 +307,19 @@ def test_next_ready_in(queue: Queue) -> None:
         future = (utcnow() + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         conn.exec_driver_sql("UPDATE jobs SET next_run_at = ?", (future,))
     assert 25 < queue.next_ready_in() <= 30
+
+
+def test_the_wal_is_folded_back_and_cut_to_size(tmp_path: Path) -> None:
+    """Every WAL_PAGES pages the WAL folds into the database and is cut back: on a nearly full
+    disk the WAL alone cannot take the room the database needs (SQLite's own default: 4 MiB)."""
+    from edged.store.db import WAL_PAGES, open_engine, run, write
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with write(engine) as conn:
+        run(conn, "CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+    for i in range(600):
+        with write(engine) as conn:
+            run(conn, "INSERT INTO t (body) VALUES (:b)", b="x" * 3000 + str(i))
+    wal = tmp_path / "w.db-wal"
+    assert wal.stat().st_size <= (WAL_PAGES + 16) * 4096, wal.stat().st_size
+    engine.dispose()

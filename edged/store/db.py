@@ -35,6 +35,9 @@ class DatabaseMissing(EdgedError):
     code = ExitCode.NOT_FOUND
 
 
+WAL_PAGES = 128
+
+
 def sqlite_path(url: str) -> Optional[Path]:
     """The file behind a sqlite URL (None for an in-memory database)."""
     parsed = make_url(url)
@@ -80,6 +83,11 @@ def open_engine(url: str, readonly: bool = False, create: bool = True) -> Engine
             # FULL: a committed job state survives power loss, the invariant the spool relies
             # on before it moves a file out of the inbox.
             cur.execute("PRAGMA synchronous=FULL")
+            # The WAL folds back into the database every WAL_PAGES pages (512 KiB, not SQLite's
+            # 4 MiB) and is cut back to that size after: on a nearly full disk the WAL alone
+            # must not take the room the database needs to fold it in (it could never shrink).
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            cur.execute(f"PRAGMA journal_size_limit={WAL_PAGES * 4096}")
         cur.close()
 
     @event.listens_for(engine, "begin")
