@@ -157,6 +157,10 @@ def fetch_file(hub: Hub, f: RemoteFile, dest: Path, progress: Progress) -> tuple
                 progress.begin(f.path, want_size, have)
                 try:
                     received = _stream(answer, out, digests, progress)
+                    # On disk before the rename that makes it the file: a power cut must not leave
+                    # a checked name over unwritten blocks.
+                    out.flush()
+                    os.fsync(out.fileno())
                 finally:
                     progress.end()
             size = have + received

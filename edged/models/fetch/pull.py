@@ -132,9 +132,11 @@ def pull(hub: Hub, source: Source, out: Path, opts: PullOptions, progress: Optio
                 "from": source.describe(), "endpoint": source.endpoint if source.repo else None,
                 "revision": source.revision if source.repo else None, "sha256": sums}}
             manifest.save(staging)
+            _sync_tree(staging)  # the model's files on disk before its name appears
             if out.is_dir():
                 out.rmdir()  # empty (checked above): the rename takes its place
             os.replace(staging, out)
+            _sync_dir(out.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -169,3 +171,18 @@ def _install(plan: Plan, work: Path, staging: Path, name: str, opts: PullOptions
     if not (staging / MANIFEST).is_file():
         raise DownloadError(f"the export of {path.name} wrote no manifest")
     return m
+
+
+def _sync_tree(folder: Path) -> None:
+    for path in [p for p in folder.rglob("*") if p.is_file()]:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
