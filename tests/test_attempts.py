@@ -98,14 +98,20 @@ def test_job_detail_holds_files_result_children_and_history(queue: Queue) -> Non
     assert job_detail(queue.engine, 999) is None
 
 
-def test_the_attempts_migration_keeps_a_v4_database_and_starts_its_history_empty(tmp_path: Path) -> None:
-    db = tmp_path / "v4.db"
+def _database_at(db: Path, version: int) -> sqlite3.Connection:
+    """A database as an edged of schema `version` left it (its migrations applied, nothing after)."""
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-    for version, statements in enumerate(MIGRATIONS[:4], start=1):
+    for v, statements in enumerate(MIGRATIONS[:version], start=1):
         for statement in statements:
             con.execute(statement)
-        con.execute("INSERT INTO schema_migrations VALUES (?, '2026-11-30T00:00:00.000Z')", (version,))
+        con.execute("INSERT INTO schema_migrations VALUES (?, '2026-11-30T00:00:00.000Z')", (v,))
+    return con
+
+
+def test_the_attempts_migration_keeps_a_v4_database_and_starts_its_history_empty(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    con = _database_at(db, 4)
     t = "2026-11-30T10:00:00.000Z"
     con.execute("INSERT INTO jobs (id, task, source_path, sha256, status, attempts, error, created_at, finished_at,"
                 " next_run_at) VALUES (1, 'ocr', 'ocr/a.png', 's', 'failed', 3, 'boom', ?, ?, ?)", (t, t, t))
@@ -123,12 +129,7 @@ def test_the_attempts_migration_keeps_a_v4_database_and_starts_its_history_empty
 def test_v6_indexes_when_attempts_ended_for_a_followers_poll(tmp_path: Path) -> None:
     """A v5 database gains job_attempts_finished and keeps its attempts (results --follow looks them up by it)."""
     db = tmp_path / "v5.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-    for version, statements in enumerate(MIGRATIONS[:5], start=1):
-        for statement in statements:
-            con.execute(statement)
-        con.execute("INSERT INTO schema_migrations VALUES (?, '2026-12-01T00:00:00.000Z')", (version,))
+    con = _database_at(db, 5)
     t = "2026-12-01T10:00:00.000Z"
     con.execute("INSERT INTO jobs (id, task, source_path, created_at, next_run_at) VALUES (1, 'ocr', 'a', ?, ?)",
                 (t, t))
