@@ -1,27 +1,40 @@
 """File names as the store keeps them and as messages show them.
 
 Linux names are bytes; Python holds names that are not UTF-8 with surrogate escapes, which
-neither SQLite's text nor JSON can carry. The store keeps such a name as a BLOB of its exact
-bytes (SQLite columns take either), and messages show it with the bytes as \\xNN.
+neither SQLite's text, PostgreSQL's text nor JSON can carry. SQLite keeps such a name as a BLOB
+of its exact bytes (its columns take either); PostgreSQL, whose text columns take text only,
+keeps it as BYTES_MARK and the bytes in base64 (a UTF-8 name that happens to begin with the
+mark is stored the same way, so every stored value reads back as exactly one name). Messages
+show it with the bytes as \\xNN.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from typing import Callable, Optional, Union, overload
 
 Stored = Union[str, bytes]
 
 
-def to_db(path: Optional[str]) -> Optional[Stored]:
-    """What the store keeps for a path: the text, or its bytes when they are not UTF-8."""
+# U+0001 (a control character, legal in Linux names but never in a sane one) and a tag.
+BYTES_MARK = "\x01b64:"
+
+
+def to_db(path: Optional[str], blob: bool = True) -> Optional[Stored]:
+    """What the store keeps for a path: the text, or (a name that is not UTF-8, or that begins
+    with BYTES_MARK) its bytes, as a BLOB (`blob`, SQLite) or as marked base64 text."""
     if path is None:
         return None
     raw = os.fsencode(path)
     try:
-        return raw.decode("utf-8")
+        name = raw.decode("utf-8")
+        if not name.startswith(BYTES_MARK):
+            return name
     except UnicodeDecodeError:
-        return raw
+        pass
+    return raw if blob else BYTES_MARK + base64.b64encode(raw).decode("ascii")
 
 
 @overload
@@ -34,6 +47,11 @@ def from_db(value: None) -> None: ...
 
 def from_db(value: Optional[Stored]) -> Optional[str]:
     """The path as the file system knows it, from what the store kept."""
+    if isinstance(value, str) and value.startswith(BYTES_MARK):
+        try:
+            return os.fsdecode(base64.b64decode(value[len(BYTES_MARK):], validate=True))
+        except (binascii.Error, ValueError):
+            return value  # not written by to_db (a row typed in by hand): the text as it is
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 

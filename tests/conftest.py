@@ -170,3 +170,59 @@ def daemon_factory(tmp_path: Path):
         if d.proc and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (tests/pgserver.py). Without one the PostgreSQL
+    half of the tests is skipped, except under CI, where that is a failure."""
+    from pgserver import PgServer, bindir
+
+    why = None
+    found = bindir()
+    if found is None:
+        why = "no PostgreSQL server binaries (Debian: apt-get install postgresql)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            why = "no psycopg (pip install 'edged[postgres]')"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL for the store's tests: {why}")
+        pytest.skip(why)
+    assert found is not None
+    server = PgServer(found).start()
+    yield server
+    server.stop()
+
+
+def _pg_url(request: pytest.FixtureRequest) -> str:
+    server = request.getfixturevalue("pg_server")
+    schema = server.new_schema()
+
+    def drop() -> None:
+        # The test's engines may still hold pooled connections: end them, then the schema.
+        server.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND pid <> pg_backend_pid()")
+        server.psql(f"DROP SCHEMA {schema} CASCADE")
+
+    request.addfinalizer(drop)
+    return server.url(schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend: a SQLite file, or a schema of its own on the server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'q.db'}"
+    return _pg_url(request)
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """A fresh schema on the test server, for the tests of what only PostgreSQL does."""
+    return _pg_url(request)

@@ -1,32 +1,28 @@
-"""SQLAlchemy engine set-up for SQLite: WAL, busy timeout, foreign keys, durable commits.
+"""Opening the store's database (SQLite or PostgreSQL) and the one way statements run on it.
 
-pysqlite's own transaction handling issues a deferred BEGIN lazily, which lets two writers
-both read a row and then race to update it. We turn it off and issue `BEGIN IMMEDIATE`
-ourselves, so every write transaction holds the write lock from its first statement.
-Read-only work asks for `BEGIN` (deferred) with the `readonly` execution option and never
-blocks the daemon.
-
-The daemon opens the database read-write (and creates it); the operator's commands open it
-read-only (`readonly=True`: a `mode=ro` URI, never created, never migrated), so that `edged
-status` run by root or by a member of the spool group can never leave a file the daemon
-cannot open.
+The store's SQL is written once, with `:name` binds, in the part of SQL both engines share;
+the few statements that must differ ask `backend(conn)`. Each engine's own set-up lives in
+sqlite.py and postgres.py.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
-from urllib.parse import quote
+from typing import Any, Iterator, Literal, Optional
 
-from sqlalchemy import Connection, CursorResult, Engine, bindparam, create_engine, event, exc, text
+from sqlalchemy import Connection, CursorResult, Engine, bindparam, exc, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from edged.exitcodes import EdgedError, ExitCode
 from edged.store.errors import StoreUnavailable, UnsupportedDatabase, unavailable_reason
+from edged.store.postgres import PgOptions, open_postgres
+from edged.store.sqlite import BUSY_TIMEOUT_MS, WAL_PAGES, file_of, open_sqlite
 
-BUSY_TIMEOUT_MS = 30_000
+__all__ = ["BUSY_TIMEOUT_MS", "WAL_PAGES", "Backend", "DatabaseMissing", "PgOptions", "backend", "backend_of",
+           "open_engine", "read", "run", "sqlite_path", "write"]
+
+Backend = Literal["sqlite", "postgresql"]
 
 
 class DatabaseMissing(EdgedError):
@@ -35,78 +31,50 @@ class DatabaseMissing(EdgedError):
     code = ExitCode.NOT_FOUND
 
 
-WAL_PAGES = 128
+def backend_of(url: str) -> Backend:
+    """Which engine a URL names; UnsupportedDatabase for any other."""
+    try:
+        name = make_url(url).get_backend_name()
+    except exc.ArgumentError:
+        name = ""
+    if name in ("sqlite", "postgresql"):
+        return name  # type: ignore[return-value]
+    raise UnsupportedDatabase(f"database {url.split('@')[-1]!r}: edged keeps its queue in SQLite (sqlite:///path)"
+                              " or PostgreSQL (postgresql+psycopg://user@host/dbname); set `database` in the config"
+                              " to one, or leave it out for <state_dir>/edged.db")
+
+
+def backend(bind: Engine | Connection) -> Backend:
+    return "postgresql" if bind.dialect.name == "postgresql" else "sqlite"
 
 
 def sqlite_path(url: str) -> Optional[Path]:
-    """The file behind a sqlite URL (None for an in-memory database)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        raise UnsupportedDatabase(f"database {url!r}: only SQLite URLs are supported (sqlite:///path); set"
-                                  " `database` in the config to one, or leave it out for <state_dir>/edged.db")
-    db = parsed.database
-    return Path(db) if db and db != ":memory:" else None
+    """The file behind a sqlite URL; None for an in-memory or a PostgreSQL database."""
+    return file_of(url) if backend_of(url) == "sqlite" else None
 
 
-def _readonly_url(path: Path, immutable: bool) -> str:
-    return f"sqlite:///file:{quote(str(path))}?mode=ro{'&immutable=1' if immutable else ''}&uri=true"
-
-
-def open_engine(url: str, readonly: bool = False, create: bool = True) -> Engine:
-    """`create=False` (and `readonly`): DatabaseMissing instead of making a new file."""
-    path = sqlite_path(url)
+def open_engine(url: str, readonly: bool = False, create: bool = True,
+                postgres: Optional[PgOptions] = None) -> Engine:
+    """`create=False` (and `readonly`): DatabaseMissing instead of making a new SQLite file."""
+    if backend_of(url) == "postgresql":
+        return open_postgres(url, readonly, postgres or PgOptions())
+    path = file_of(url)
     if (readonly or not create) and (path is None or not path.is_file()):
         raise DatabaseMissing(f"no database at {path or url} yet: the daemon creates it when it first starts")
-    if readonly and path is not None:
-        # A WAL database has its -wal file while any connection is open. Without one, nobody
-        # is writing and everything is folded into the main file: read it as immutable, which
-        # needs no -shm (a group member cannot create one in the daemon's state folder, and
-        # another user must not leave one behind that the daemon cannot open).
-        immutable = not Path(f"{path}-wal").exists()
-        engine = create_engine(_readonly_url(path, immutable), poolclass=NullPool,
-                               connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
-    else:
-        if path is not None and create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # DB-API objects
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if readonly:
-            cur.execute("PRAGMA query_only=1")
-        else:
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            # FULL: a committed job state survives power loss, the invariant the spool relies
-            # on before it moves a file out of the inbox.
-            cur.execute("PRAGMA synchronous=FULL")
-            # The WAL folds back into the database every WAL_PAGES pages (512 KiB, not SQLite's
-            # 4 MiB) and is cut back to that size after: on a nearly full disk the WAL alone
-            # must not take the room the database needs to fold it in (it could never shrink).
-            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            cur.execute(f"PRAGMA journal_size_limit={WAL_PAGES * 4096}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if readonly or conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
-
-    return engine
+    return open_sqlite(url, path, readonly, create)
 
 
 @contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
-    """A write transaction; a database that cannot take it (full disk, I/O error) raises StoreUnavailable.
+    """A write transaction; a database that cannot take it (full disk, I/O error, the server out
+    of reach) raises StoreUnavailable.
 
     The transaction is rolled back whole in that case, so the caller may try again later.
     """
     try:
         with engine.begin() as conn:
             yield conn
-    except exc.OperationalError as error:
+    except exc.DBAPIError as error:
         reason = unavailable_reason(error)
         if reason is None:
             raise
@@ -115,7 +83,7 @@ def write(engine: Engine) -> Iterator[Connection]:
 
 def run(conn: Connection, statement: str, expanding: tuple[str, ...] = (), **params: Any) -> CursorResult:
     """One statement with `:name` binds (the one SQL style of the store: portable, unlike the
-    DB-API's own `?`); `expanding` names the binds that take a list (`IN :ids`)."""
+    DB-API's own `?` or `%s`); `expanding` names the binds that take a list (`IN :ids`)."""
     clause = text(statement)
     if expanding:
         clause = clause.bindparams(*(bindparam(name, expanding=True) for name in expanding))
@@ -124,6 +92,12 @@ def run(conn: Connection, statement: str, expanding: tuple[str, ...] = (), **par
 
 @contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
-    """A read transaction (deferred BEGIN: it never blocks the writer)."""
-    with engine.connect().execution_options(readonly=True) as conn, conn.begin():
-        yield conn
+    """A read transaction (deferred BEGIN on SQLite: it never blocks the writer)."""
+    try:
+        with engine.connect().execution_options(readonly=True) as conn, conn.begin():
+            yield conn
+    except exc.DBAPIError as error:
+        reason = unavailable_reason(error) if backend(engine) == "postgresql" else None
+        if reason is None:
+            raise
+        raise StoreUnavailable(reason) from error

@@ -2,7 +2,7 @@
 
 A record keeps what identified the file at intake (inode, size, mtime), so that the worker
 reads and the settler moves that file and never "whatever is at the path now". A name that
-is not UTF-8 is kept as a BLOB of its bytes (pathnames.py).
+is not UTF-8 is kept as its exact bytes (pathnames.py).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class FileRecords:
 
     engine: Engine
     now: Callable[[], str]
+    blob_names: bool
 
     def files_of(self, job_ids: Sequence[int], state: FileState = "pending") -> dict[int, list[FileRecord]]:
         """The file records of some jobs, by job id (every id present, perhaps with no files)."""
@@ -100,7 +101,8 @@ class FileRecords:
                 run(conn, "UPDATE files SET state = :state, moved_to = :to, moved_inode = :inode,"
                           " result_file = :result, left_in_inbox = :left, settle_error = NULL, settled_at = :now"
                           " WHERE id = :id AND state = 'pending'",
-                    state=s.state, to=to_db(s.moved_to), inode=s.moved_inode, result=to_db(s.result_file),
+                    state=s.state, to=to_db(s.moved_to, self.blob_names), inode=s.moved_inode,
+                    result=to_db(s.result_file, self.blob_names),
                     left=int(s.left_in_inbox), now=now, id=s.file_id)
 
     def settle_trouble(self, file_id: int, error: str) -> None:
@@ -129,7 +131,8 @@ class FileRecords:
             with write(self.engine) as conn:
                 return bool(run(conn, "UPDATE files SET state = 'pending', path = :path, moved_to = NULL,"
                                       " moved_inode = NULL, result_file = NULL, left_in_inbox = 0, settle_error = NULL,"
-                                      " settled_at = NULL WHERE id = :id", path=to_db(path), id=file_id).rowcount)
+                                      " settled_at = NULL WHERE id = :id", path=to_db(path, self.blob_names),
+                                id=file_id).rowcount)
         except exc.IntegrityError:
             return False  # the daemon saw the file come back first and recorded it itself
 

@@ -1,9 +1,14 @@
-"""The durable job queue: enqueue, claim with a lease, finish, retry, recover.
+"""The durable job queue: enqueue, claim with a lease, renew it, finish, retry, recover.
 
-Every state change is one SQLite transaction opened with BEGIN IMMEDIATE (see db.py), so a
-crash between any two statements leaves the database in a state the next start-up repairs:
-a `running` job whose worker is gone goes back to `queued`, and a result is keyed by job id,
-so running a job again never stores a second result.
+Every state change is one transaction (on SQLite opened with BEGIN IMMEDIATE, see sqlite.py),
+so a crash between any two statements leaves the database in a state the next start-up
+repairs: a `running` job whose worker is gone goes back to `queued`, and a result is keyed by
+job id, so running a job again never stores a second result. Every finishing statement is
+fenced by the lease's owner: a worker whose lease has moved on stores nothing.
+
+On PostgreSQL several boxes may claim from one queue at once: the claim locks the rows it
+takes with FOR NO KEY UPDATE SKIP LOCKED (each box skips what another is taking), and every
+queue time is the server's (postgres.server_clock), so boxes agree on when a lease expires.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, Sequence
@@ -21,10 +25,11 @@ from sqlalchemy import Connection, Engine, exc
 from edged.pathnames import displayable, to_db
 from edged.store.attempts import begin_attempts, end_attempts
 from edged.store.backoff import backoff_delay
-from edged.store.db import read, run, write
+from edged.store.db import backend, read, run, write
 from edged.store.errors import StoreUnavailable
 from edged.store.files import FileRecords
-from edged.store.recovery import Recovery
+from edged.store.postgres import server_clock
+from edged.store.recovery import GIVE_BACK, Recovery
 from edged.store.states import DONE, FAILED, QUEUED, RUNNING, JobState, JobStatus, Outcome
 from edged.timeutil import iso, parse_iso, utcnow
 
@@ -93,7 +98,10 @@ def _job(row: Any) -> Job:
 class Queue(FileRecords, Recovery):
     """One storage interface for jobs and their files; knows nothing of images, prompts or ONNX.
 
-    `clock` tells the time of every state change and lease (a test's clock can run ahead).
+    `clock` tells the time of every state change and lease (a test's clock can run ahead); by
+    default the box's on SQLite, the server's on PostgreSQL. `owner` names this worker's
+    leases: `<box id>:<pid>`, so that two boxes cloned from one image (one host name) never
+    take each other's leases for their own.
     """
 
     def __init__(
@@ -105,7 +113,8 @@ class Queue(FileRecords, Recovery):
         backoff_max_seconds: float = 3600.0,
         lease_seconds: float = 900.0,
         owner: Optional[str] = None,
-        clock: Callable[[], datetime] = utcnow,
+        box_id: Optional[str] = None,
+        clock: Optional[Callable[[], datetime]] = None,
     ) -> None:
         self.engine = engine
         self.max_attempts = max_attempts
@@ -113,8 +122,11 @@ class Queue(FileRecords, Recovery):
         self.backoff_max_seconds = backoff_max_seconds
         self.lease_seconds = lease_seconds
         self.pid = os.getpid()
-        self.owner = owner or f"{socket.gethostname()}:{self.pid}"
-        self.clock = clock
+        self.backend = backend(engine)
+        self.box_id = box_id or "local"
+        self.owner = owner or f"{self.box_id}:{self.pid}"
+        self.clock = clock or (server_clock(engine) if self.backend == "postgresql" else utcnow)
+        self.blob_names = self.backend == "sqlite"  # pathnames.to_db: how a name that is not UTF-8 is kept
 
     def now(self) -> str:
         return iso(self.clock())
@@ -137,7 +149,7 @@ class Queue(FileRecords, Recovery):
             return [self._enqueue_one(conn, item, model, now) for item in items]
 
     def _enqueue_one(self, conn: Connection, item: NewFile, model: str, now: str) -> Enqueued:
-        path = to_db(item.path)
+        path = to_db(item.path, self.blob_names)
         pending = run(conn, "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256"
                             " FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.path = :path AND f.state = 'pending'",
                       path=path).first()
@@ -205,24 +217,47 @@ class Queue(FileRecords, Recovery):
         params: dict[str, Any] = {"now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
                                   "exp": iso(now + timedelta(seconds=self.lease_seconds))}
         ready = "status = 'queued' AND next_run_at <= :now"
+        # PostgreSQL: rows another box is claiming right now are skipped, not waited for; the
+        # CTE is MATERIALIZED so that its LIMIT and its locks are taken once, before the update.
+        lock = " FOR NO KEY UPDATE SKIP LOCKED" if self.backend == "postgresql" else ""
         with write(self.engine) as conn:
-            solo = run(conn, f"SELECT id FROM jobs WHERE {ready} AND solo = 1 ORDER BY next_run_at, id LIMIT 1",
+            solo = run(conn, f"SELECT id FROM jobs WHERE {ready} AND solo = 1 ORDER BY next_run_at, id LIMIT 1{lock}",
                        now=params["now"]).scalar()
             if solo is not None:
-                pick = "SELECT :solo"
+                pick = "SELECT :solo AS id"
                 params["solo"] = solo
             else:
                 pick = (f"SELECT id FROM jobs WHERE {ready} AND task = (SELECT task FROM jobs WHERE {ready}"
-                        " ORDER BY next_run_at, id LIMIT 1) ORDER BY next_run_at, id LIMIT :limit")
-            rows = run(conn, "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
-                             " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp"
-                             f" WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}", **params).all()
+                        f" ORDER BY next_run_at, id LIMIT 1) ORDER BY next_run_at, id LIMIT :limit{lock}")
+            take = ("UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
+                    " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp")
+            if lock:
+                rows = run(conn, f"WITH picked AS MATERIALIZED ({pick}) {take} WHERE id IN (SELECT id FROM picked)"
+                                 f" AND status = 'queued' RETURNING {_JOB_COLUMNS}", **params).all()
+            else:
+                rows = run(conn, f"{take} WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}", **params).all()
             if rows:
                 together = [r.id for r in rows] + list(mates)
                 run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(together),
                     ids=together)
                 begin_attempts(conn, [r.id for r in rows], params["now"])
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
+
+    def renew(self, job_ids: Sequence[int]) -> list[int]:
+        """Extend this worker's leases on jobs it is still running; return the ids it still holds.
+
+        Called from the worker's tick, so that a lease only has to outlast a stall of the worker,
+        not the longest batch: a job that is not among those returned has been handed on (its
+        lease expired and another worker recovered it) and must not be finished here.
+        """
+        if not job_ids:
+            return []
+        now = self.clock()
+        with write(self.engine) as conn:
+            return sorted(run(conn, "UPDATE jobs SET lease_expires_at = :exp WHERE id IN :ids AND status = 'running'"
+                                    " AND lease_owner = :owner RETURNING id", expanding=("ids",),
+                              exp=iso(now + timedelta(seconds=self.lease_seconds)), ids=list(job_ids),
+                              owner=self.owner).scalars().all())
 
     def solo_waiting(self) -> bool:
         """A job that must run alone is ready (claim() will hand it out before anything else)."""
@@ -315,7 +350,7 @@ class Queue(FileRecords, Recovery):
         None: every job this worker holds, which is what a stop wants (a signal can land
         between the claim's commit and the caller learning the ids).
         """
-        sql = ("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL,"
+        sql = (f"UPDATE jobs SET status = 'queued', attempts = {GIVE_BACK}, started_at = NULL,"
                " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
                " WHERE status = 'running' AND lease_owner = :owner")
         with write(self.engine) as conn:

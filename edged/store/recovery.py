@@ -25,12 +25,17 @@ from edged.timeutil import iso
 
 UNEXPLAINED_FACTOR = 2
 
+# An attempt given back (never below 0): SQLite's two-argument MAX is not PostgreSQL's GREATEST.
+GIVE_BACK = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+
 
 class Recovery:
     """The crash-attribution half of the queue (mixed into Queue, which owns the settings and the clock)."""
 
     engine: Engine
     owner: str
+    box_id: str
+    backend: str
     max_attempts: int
     backoff_seconds: float
     backoff_max_seconds: float
@@ -39,15 +44,26 @@ class Recovery:
     def recover(self, everything: bool = False, cause: Optional[str] = None) -> Recovered:
         """Return jobs whose worker died to the queue; fail those that died alone too often.
 
-        `everything=True` at daemon start-up, under the state lock: no other worker can be
-        alive, so every `running` job is an orphan, expired or not. `cause`: what is known to
-        have killed that worker ("died of a crash (…)", from death.py), or None.
+        `everything=True` at daemon start-up, under the state lock: no other worker of this
+        box can be alive, so every `running` job of the box is an orphan, expired or not. On
+        SQLite that is every running job (the lock beside the database file guards the whole
+        database); on PostgreSQL only those whose lease names this box (`<box id>:<pid>`):
+        other boxes' jobs are theirs until their leases expire. `cause`: what is known to have
+        killed that worker ("died of a crash (…)", from death.py), or None.
         """
         # Our own leases are never expired by us: they belong to the batch in flight, which
         # may simply be slow (a long translation on a small CPU).
-        cond = "status = 'running'" + ("" if everything else " AND lease_expires_at < :now AND lease_owner != :me")
+        extra: dict[str, Any] = {}
+        if not everything:
+            cond = "status = 'running' AND lease_expires_at < :now AND lease_owner != :me"
+        elif self.backend == "postgresql":
+            # This pid too: in a container the daemon may have the same pid at every start.
+            cond = "status = 'running' AND lease_owner LIKE :mine ESCAPE '!'"
+            extra["mine"] = self.box_id.replace("!", "!!").replace("%", "!%").replace("_", "!_") + ":%"
+        else:
+            cond = "status = 'running'"
         with write(self.engine) as conn:
-            return self._orphaned(conn, cond, {}, cause)
+            return self._orphaned(conn, cond, extra, cause)
 
     def interrupted(self, job_ids: Sequence[int], error: str) -> Recovered:
         """A batch of ours broke off without finishing (an unexpected error): handled as a crash
@@ -71,10 +87,10 @@ class Recovery:
         alone = "COALESCE(lease_batch, 2) <= 1"
         orphans = {job_id: bool(solo) for job_id, solo in sql(f"SELECT id, {alone} FROM jobs WHERE {cond}").all()}
         # Batch-mates: the crash was not theirs, the attempt is given back.
-        sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE {cond} AND NOT {alone}")
+        sql(f"UPDATE jobs SET attempts = {GIVE_BACK} WHERE {cond} AND NOT {alone}")
         if cause is None:
             # Alone, but nothing says it was this job: the attempt is given back, the death counted.
-            sql(f"UPDATE jobs SET attempts = MAX(attempts - 1, 0), crashes = crashes + 1 WHERE {cond} AND {alone}")
+            sql(f"UPDATE jobs SET attempts = {GIVE_BACK}, crashes = crashes + 1 WHERE {cond} AND {alone}")
             verdict = (f"{alone} AND crashes >= :unexplained",
                        "'the worker process died ' || crashes || ' times while running this job alone, with no"
                        " cause recorded (a SIGKILL, an OOM kill outside systemd, a power cut); giving up'")

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Optional
 from sqlalchemy import Engine
 
 from edged.pathnames import from_db
-from edged.store.db import BUSY_TIMEOUT_MS, read, run, write
+from edged.store.db import BUSY_TIMEOUT_MS, backend, read, run, write
 from edged.timeutil import iso, now_iso
 
 
@@ -102,6 +102,8 @@ class Stats:
         off every writer while it waits for readers. PRAGMAs are SQLite's own and take no
         binds: they go to the driver's connection.
         """
+        if backend(self.engine) == "postgresql":
+            return Checkpoint(0, 0, False)  # the server's own checkpointer and autovacuum do this there
         raw = self.engine.raw_connection()
         try:
             busy, log_pages, done = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

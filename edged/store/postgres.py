@@ -1,0 +1,83 @@
+"""SQLAlchemy engine set-up for PostgreSQL (psycopg 3), for boxes on real networks.
+
+A box talks to a server across a LAN or a WAN link that drops: a small pool (a daemon is a
+handful of threads), pre-ping (a connection the server or a NAT has dropped is replaced
+before use, not failed mid-batch), TCP keepalives (a dead peer is noticed in about a minute,
+not the kernel's two hours), a connect timeout, `statement_timeout` (a statement stuck on a
+lock gives up), `idle_in_transaction_session_timeout` (a box that hangs inside a transaction
+loses it, and its row locks, to the server) and an `application_name` naming the box in
+`pg_stat_activity`. Times are read and compared in UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlalchemy import Engine, create_engine, event
+
+from edged.store.errors import UnsupportedDatabase
+
+# pg_advisory_xact_lock key taken by every migration: two boxes starting at once never migrate
+# one database together ("edgedsch" in ASCII).
+MIGRATION_LOCK = 0x6564676564736368
+
+
+@dataclass(frozen=True)
+class PgOptions:
+    """Connection settings (config `postgres:`; the defaults suit a box on a LAN or a flaky WAN)."""
+
+    pool_size: int = 2
+    max_overflow: int = 3
+    connect_timeout_s: int = 10
+    statement_timeout_s: float = 60.0
+    idle_in_transaction_timeout_s: float = 60.0
+    keepalive_idle_s: int = 30
+    keepalive_interval_s: int = 10
+    keepalive_count: int = 3
+    application_name: str = "edged"
+
+
+def open_postgres(url: str, readonly: bool, options: PgOptions) -> Engine:
+    connect_args = {
+        "connect_timeout": options.connect_timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": options.keepalive_idle_s,
+        "keepalives_interval": options.keepalive_interval_s,
+        "keepalives_count": options.keepalive_count,
+        "application_name": options.application_name[:63],  # the server cuts it at 63 bytes anyway
+    }
+    try:
+        engine = create_engine(url, pool_size=options.pool_size, max_overflow=options.max_overflow,
+                               pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args)
+    except ModuleNotFoundError as error:
+        raise UnsupportedDatabase(f"database {url.split('@')[-1]!r} is PostgreSQL, whose driver is not installed"
+                                  f" ({error.name}): pip install 'edged[postgres]'") from None
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # DB-API objects
+        # Set per session rather than in the URL's `options`, which stays the operator's
+        # (a search_path, a role).
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute(f"SET statement_timeout = {int(options.statement_timeout_s * 1000)}")
+            idle_ms = int(options.idle_in_transaction_timeout_s * 1000)
+            cur.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+            if readonly:
+                cur.execute("SET default_transaction_read_only = on")
+        dbapi_conn.commit()
+
+    return engine
+
+
+def server_clock(engine: Engine) -> Callable[[], datetime]:
+    """The server's time, for every queue time: boxes whose clocks disagree still agree on when a
+    lease expires and a retry is due."""
+    def now() -> datetime:
+        with engine.connect() as conn:
+            value = conn.exec_driver_sql("SELECT now()").scalar_one()
+            conn.rollback()
+        return value.astimezone(timezone.utc)
+
+    return now
