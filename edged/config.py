@@ -92,7 +92,7 @@ class QueueSettings(_Section):
     max_attempts: int = live(3, ge=1)
     backoff_seconds: float = live(30.0, ge=0)
     backoff_max_seconds: float = live(3600.0, ge=0)
-    lease_seconds: float = live(900.0, gt=0)
+    lease_seconds: float = live(300.0, ge=3)
     recover_seconds: float = live(60.0, gt=0)
     drain_grace_seconds: float = live(60.0, ge=0)  # on SIGTERM: how long the batch in flight may finish
 
@@ -243,10 +243,26 @@ class HooksSettings(_Section):
         return value
 
 
+class PostgresSettings(_Section):
+    """How a box talks to a PostgreSQL server over a real network (store/postgres.py)."""
+
+    pool_size: int = Field(2, ge=1, le=64)
+    max_overflow: int = Field(3, ge=0, le=64)
+    connect_timeout_seconds: int = Field(10, ge=1)
+    statement_timeout_seconds: float = Field(60.0, gt=0)
+    idle_in_transaction_timeout_seconds: float = Field(60.0, gt=0)
+    keepalive_idle_seconds: int = Field(30, ge=1)
+
+
+BOX_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
 class Settings(_Section):
     state_dir: Path = Path("/var/lib/edged")
     spool_dir: Path = Path("/var/spool/edged")
     database: Optional[str] = None  # SQLAlchemy URL; None: sqlite file in state_dir
+    box_id: Optional[str] = None  # None: a UUID made at the first start, kept in <state_dir>/box_id
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -260,6 +276,13 @@ class Settings(_Section):
 
     # Where the settings came from; not a config key.
     source: Optional[Path] = Field(None, exclude=True)
+
+    @field_validator("box_id")
+    @classmethod
+    def _box_id(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not (0 < len(value) <= 64 and set(value) <= BOX_ID_CHARS):
+            raise ValueError("1 to 64 letters, digits, '.', '_' or '-' (it names this box's leases and rows)")
+        return value
 
     @property
     def database_url(self) -> str:

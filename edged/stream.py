@@ -23,6 +23,7 @@ from edged import tasks
 from edged.config import Settings
 from edged.control import Control
 from edged.engine.api import Engine, Generation, RequestError, StreamingEngine
+from edged.leases import LeaseKeeper
 from edged.logs import get_logger
 from edged.settle import Settler
 from edged.store import FileRecord, Job, Queue, StoreUnavailable
@@ -43,6 +44,7 @@ class WorkerSide(Protocol):
     engine: Engine
     may_run: Callable[[], bool]
     tick: Callable[[], None]
+    leases: LeaseKeeper
     on_batch: Callable[[BatchReport], None]
 
     def _prepare(self, task: tasks.Task, job: Job, files: list[FileRecord], report: BatchReport) -> Any: ...
@@ -100,6 +102,7 @@ class Stream:
 
     def _drop(self) -> None:
         self.engine.abandon()
+        self.w.leases.drop(list(self.w.leases.held))
         self.open.clear()
         self.tickets.clear()
         self.solo = None
@@ -123,6 +126,7 @@ class Stream:
         if not jobs:
             self.idle_until = time.monotonic() + IDLE_RECHECK_S
             return 0
+        w.leases.hold([j.id for j in jobs])
         if solo_next:
             self.solo = jobs[0].id  # claim() hands a solo job out alone
         task = tasks.get(jobs[0].task)
@@ -167,6 +171,7 @@ class Stream:
         for e in entries:
             by_task.setdefault(e.task.name, []).append(e)
             self.open.pop(e.item.job.id, None)
+            self.w.leases.drop([e.item.job.id])
             if self.solo == e.item.job.id:
                 self.solo = None
         share = 1.0 / len(by_task)

@@ -7,24 +7,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy.engine import make_url
-
+from edged.box import box_id
 from edged.config import Settings
 from edged.engine.api import Engine
 from edged.engine.loader import load_engine, model_name
 from edged.intake import Intake
 from edged.settle import Settler
 from edged.spool import IgnoreRules, SpoolFiles, SpoolLayout
-from edged.store import Queue, open_queue
+from edged.store import PgOptions, Queue, open_queue
+from edged.store.db import sqlite_path
 from edged.tasks import TASK_NAMES
 
 Access = Literal["daemon", "write", "read"]
 
 
 def lock_path(settings: Settings) -> Path:
-    """Next to the database file, so two configs sharing one database still exclude each other."""
-    db = make_url(settings.database_url).database
-    return Path(db + ".lock") if db and db != ":memory:" else settings.state_dir / "edged.lock"
+    """Next to a SQLite database file, so two configs sharing one database still exclude each
+    other; in the state folder for a server's database (which boxes share by design: what one
+    box must exclude is a second daemon of its own)."""
+    db = sqlite_path(settings.database_url)
+    return Path(f"{db}.lock") if db is not None else settings.state_dir / "edged.lock"
+
+
+def postgres_options(settings: Settings, box: str) -> PgOptions:
+    p = settings.postgres
+    return PgOptions(pool_size=p.pool_size, max_overflow=p.max_overflow, connect_timeout_s=p.connect_timeout_seconds,
+                     statement_timeout_s=p.statement_timeout_seconds,
+                     idle_in_transaction_timeout_s=p.idle_in_transaction_timeout_seconds,
+                     keepalive_idle_s=p.keepalive_idle_seconds, application_name=f"edged {box}")
 
 
 def spool_lock_path(settings: Settings) -> Path:
@@ -37,9 +47,11 @@ def build_queue(settings: Settings, access: Access = "daemon") -> Queue:
     """The daemon's queue creates and migrates the database; the commands' never change its
     shape ("write": rows only, "read": nothing at all)."""
     q = settings.queue
+    box = box_id(settings, create=access == "daemon")
     return open_queue(settings.database_url, readonly=access == "read", migrate_schema=access == "daemon",
-                      max_attempts=q.max_attempts, backoff_seconds=q.backoff_seconds,
-                      backoff_max_seconds=q.backoff_max_seconds, lease_seconds=q.lease_seconds)
+                      box_id=box, postgres=postgres_options(settings, box), max_attempts=q.max_attempts,
+                      backoff_seconds=q.backoff_seconds, backoff_max_seconds=q.backoff_max_seconds,
+                      lease_seconds=q.lease_seconds)
 
 
 def load_model(settings: Settings) -> Engine:

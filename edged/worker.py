@@ -14,6 +14,7 @@ from edged import tasks
 from edged.config import Settings
 from edged.control import Control
 from edged.engine.api import Engine, Generation, Request, RequestError, model_info
+from edged.leases import LeaseKeeper
 from edged.logs import get_logger
 from edged.settle import Settler
 from edged.spool import InputChanged, InputRefused, SpoolLayout
@@ -50,6 +51,7 @@ class Worker:
         self.on_batch = on_batch or (lambda report: None)
         self.may_run = may_run or (lambda: True)
         self.tick: Callable[[], None] = lambda: None
+        self.leases = LeaseKeeper(queue)
         # Kept across a "store_available" that a failing commit follows at once (a probe may
         # pass where a real write cannot: a full disk): reset only by a stored batch.
         self._store_delay = 1.0
@@ -65,7 +67,13 @@ class Worker:
         restarts the service. Nothing a job does ends this loop; a database that cannot take
         writes (a full disk) pauses it until it can.
         """
-        self.tick = tick or (lambda: None)
+        outer = tick or (lambda: None)
+
+        def tick_and_renew() -> None:
+            outer()
+            self.leases.tick()
+
+        self.tick = tick_and_renew
         if hasattr(self.engine, "heartbeat"):
             self.engine.heartbeat = self.tick  # a long continuous-batching call keeps the watchdog fed
         stop, wake = self.control.stop, self.control.wake
@@ -127,6 +135,7 @@ class Worker:
         jobs = self.queue.claim(self.settings.model.batch_size)
         if not jobs:
             return 0
+        self.leases.hold([j.id for j in jobs])
         try:
             self._process(jobs)
         except StoreUnavailable:
@@ -139,6 +148,8 @@ class Worker:
                         detail="batch-mates run alone next and are not charged")
             if failed:
                 self.settler.reconcile()
+        finally:
+            self.leases.drop([j.id for j in jobs])
         return len(jobs)
 
     def _process(self, jobs: list[Job]) -> None:

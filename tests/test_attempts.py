@@ -19,8 +19,8 @@ def _file(name: str, sha: str, task: str = "caption") -> NewFile:
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> Queue:
-    return open_queue(f"sqlite:///{tmp_path / 'q.db'}", max_attempts=2, backoff_seconds=0, backoff_max_seconds=0)
+def queue(db_url: str) -> Queue:
+    return open_queue(db_url, max_attempts=2, backoff_seconds=0, backoff_max_seconds=0)
 
 
 def _ready_now(queue: Queue) -> None:

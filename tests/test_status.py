@@ -10,6 +10,7 @@ import pytest
 
 from edged.cli import main
 from edged.store import open_queue
+from edged.store.db import run
 from edged.store.queries import finished_between, throughput_since
 from edged.store.stats import Period, Stats
 from edged.timeutil import iso, utcnow
@@ -33,13 +34,13 @@ def _period(start, minutes: float, done: int) -> Period:
 def _finish_jobs_at(engine, times: list[str]) -> None:
     with engine.begin() as conn:
         for n, t in enumerate(times):
-            conn.exec_driver_sql(
-                "INSERT INTO jobs (task, source_path, sha256, status, attempts, created_at, finished_at, next_run_at)"
-                " VALUES ('caption', ?, ?, 'done', 1, ?, ?, ?)", (f"caption/{n}", f"s{n}", t, t, t))
+            run(conn, "INSERT INTO jobs (task, source_path, sha256, status, attempts, created_at, finished_at,"
+                      " next_run_at) VALUES ('caption', :path, :sha, 'done', 1, :t, :t, :t)",
+                path=f"caption/{n}", sha=f"s{n}", t=t)
 
 
-def test_the_throughput_window_leaves_out_a_period_begun_before_the_hour(tmp_path: Path) -> None:
-    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+def test_the_throughput_window_leaves_out_a_period_begun_before_the_hour(db_url: str) -> None:
+    q = open_queue(db_url)
     now = utcnow()
     stats = Stats(q.engine)
     early = _period(now - timedelta(minutes=61), 2, done=5)  # ends inside the hour, began before it

@@ -12,6 +12,12 @@ from edged.store.db import read, run
 from edged.timeutil import iso, parse_iso, utcnow
 
 
+def _total(column: str) -> str:
+    """The sum of a column, 0 for none, as an integer: PostgreSQL's SUM of a BIGINT is a NUMERIC
+    (a Decimal in Python, which neither JSON nor float arithmetic takes); SQLite's is one already."""
+    return f"CAST(COALESCE(SUM({column}), 0) AS BIGINT)"
+
+
 def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, Any]:
     """Counts by state and task, oldest queued job, and the last hour's throughput."""
     now = now or utcnow()
@@ -29,7 +35,7 @@ def queue_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, A
         done, failed = run(conn, "SELECT COUNT(CASE WHEN status = 'done' THEN 1 END),"
                                  " COUNT(CASE WHEN status = 'failed' THEN 1 END) FROM jobs WHERE finished_at >= :since",
                            since=hour_ago).one()
-        tokens, busy_ms = run(conn, "SELECT COALESCE(SUM(output_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM results"
+        tokens, busy_ms = run(conn, f"SELECT {_total('output_tokens')}, {_total('duration_ms')} FROM results"
                                     " WHERE created_at >= :since", since=hour_ago).one()
         files_waiting = run(conn, "SELECT COUNT(*) FROM files WHERE state = 'pending'").scalar_one()
         stuck, left = run(conn,
@@ -71,8 +77,8 @@ def throughput_since(engine: Engine, hours: float, now: Optional[datetime] = Non
     """
     now = now or utcnow()
     with read(engine) as conn:
-        row = run(conn, "SELECT COUNT(*), COALESCE(SUM(jobs_done), 0), COALESCE(SUM(jobs_failed), 0),"
-                        " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(engine_ms), 0), MIN(period_start),"
+        row = run(conn, f"SELECT COUNT(*), {_total('jobs_done')}, {_total('jobs_failed')},"
+                        f" {_total('output_tokens')}, {_total('engine_ms')}, MIN(period_start),"
                         " MAX(period_end) FROM throughput WHERE period_start >= :since",
                   since=iso(now - timedelta(hours=hours))).one()
     periods, done, failed, tokens, busy_ms, start, end = row

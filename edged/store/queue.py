@@ -111,7 +111,7 @@ class Queue(FileRecords, Recovery):
         max_attempts: int = 3,
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
-        lease_seconds: float = 900.0,
+        lease_seconds: float = 300.0,
         owner: Optional[str] = None,
         box_id: Optional[str] = None,
         clock: Optional[Callable[[], datetime]] = None,

@@ -39,6 +39,7 @@ class EchoEngine:
         self.crash_on = options.get("crash_on")
         self.kill_on = options.get("kill_on")
         self.calls_file = options.get("calls_file")
+        self.heartbeat: Any = lambda: None  # the worker's tick, called while a delay runs (as a real engine's steps do)
         self.calls: list[int] = []
         self.prompts: list[str] = []
 
@@ -58,7 +59,10 @@ class EchoEngine:
         self.prompts.extend(r.text for r in requests)
         self._mark("start", len(requests))
         if self.delay_s:
-            time.sleep(self.delay_s)
+            end = time.monotonic() + self.delay_s
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(left, 0.05))
+                self.heartbeat()
         if self.crash_on and any(self.crash_on in r.text for r in requests):
             os.abort()
         if self.kill_on and any(self.kill_on in r.text for r in requests):
