@@ -21,8 +21,10 @@ UNNAMED = "unnamed"  # a command's view of a box that never started: it writes n
 
 def _read(path: Path) -> Optional[str]:
     try:
-        value = path.read_text(encoding="ascii").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
+        # bytes.decode, not read_text: a command acting as the daemon's user may no longer
+        # reach the codec modules of an interpreter kept under /root.
+        value = path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
         return None
     return value if value and len(value) <= 64 and set(value) <= BOX_ID_CHARS else None
 

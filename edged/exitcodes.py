@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     NO_ACCESS = 9  # the database cannot be used as this user (the message names who can)
     DATABASE = 10  # the database is not one this edged can use (a newer schema)
     DOWNLOAD_FAILED = 11  # `edged model pull` could not fetch or check a file (network, access, checksum)
+    UNAVAILABLE = 12  # the database server cannot be reached, or refused this box (the message says which)
     INTERRUPTED = 130  # stopped by SIGINT before finishing
 
 

@@ -69,7 +69,11 @@ class DaemonProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = root / "daemon.log"
         self.proc: Optional[subprocess.Popen] = None
-        self.db_path = Path(config["state_dir"]) / "edged.db"
+        url = config.get("database")
+        self.db_url = url or f"sqlite:///{Path(config['state_dir']) / 'edged.db'}"
+        self.db_path = Path(url[len("sqlite:///"):]) if url and url.startswith("sqlite:///") else \
+            Path(config["state_dir"]) / "edged.db"
+        self._pg: Any = None
         self.spool = Path(config["spool_dir"])
         self.prefix: list[str] = []  # a command that runs the daemon as another user (tests/users.py)
 
@@ -138,6 +142,14 @@ class DaemonProcess:
         return [e for e in self.events() if e.get("event") == name][-1]
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """A look at the daemon's database apart from its code (`?` binds, on either backend)."""
+        if self.db_url.startswith("postgresql"):
+            import sqlalchemy
+
+            if self._pg is None:
+                self._pg = sqlalchemy.create_engine(self.db_url, poolclass=sqlalchemy.pool.NullPool)
+            with self._pg.connect() as conn:
+                return [tuple(r) for r in conn.exec_driver_sql(sql.replace("?", "%s"), args).all()]
         con = sqlite3.connect(self.db_path, timeout=30)
         try:
             return con.execute(sql, args).fetchall()

@@ -193,11 +193,19 @@ def test_a_database_edged_cannot_use_is_a_clean_exit_naming_the_fix(tmp_path: Pa
         assert res.returncode == ExitCode.DATABASE, (verb, res.stderr)
         assert "newer than this edged" in res.stderr and "upgrade edged" in res.stderr
         assert "Traceback" not in res.stderr
-    cfg["database"] = "postgresql://box/edged"
+    cfg["database"] = "mysql://box/edged"
     path.write_text(yaml.safe_dump(cfg))
     res = subprocess.run([sys.executable, "-m", "edged", "status", "-c", str(path)], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert res.returncode == ExitCode.CONFIG and "only SQLite URLs" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == ExitCode.CONFIG and "SQLite (sqlite:///path) or PostgreSQL" in res.stderr
+    assert "Traceback" not in res.stderr
+    # A server out of reach: its own exit code, the server's words, and the password never shown.
+    cfg["database"] = "postgresql://box:s3cret@no-such-host.invalid/edged"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "edged", "status", "-c", str(path)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == ExitCode.UNAVAILABLE, res.stderr
+    assert "no-such-host.invalid" in res.stderr and "s3cret" not in res.stderr and "Traceback" not in res.stderr
 
 
 def test_a_broken_pipe_in_the_daemon_is_a_failure_not_a_clean_stop() -> None:

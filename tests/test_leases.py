@@ -84,7 +84,7 @@ def test_the_worker_renews_its_leases_through_a_long_engine_call(make_settings) 
     parts.intake(settings).load_known()
     intake = parts.intake(settings)
     intake.take([parts.layout.inbox / "translate" / f"t{n}.txt" for n in range(2)])
-    engine = EchoEngine({"delay_s": 12})
+    engine = EchoEngine({"delay_s": 12, "heartbeat": True})
     worker = Worker(settings, parts.queue, parts.layout, parts.settler, engine)
     worker.tick = lambda: None
     engine.heartbeat = worker.leases.tick  # what Worker.run wires for an engine with a heartbeat

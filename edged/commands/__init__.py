@@ -20,7 +20,8 @@ from sqlalchemy import exc
 from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.store import StoreUnavailable
-from edged.store.db import read, run, sqlite_path
+from edged.store.db import backend_of, read, run, sqlite_path
+from edged.store.postgres import shown
 from edged.wiring import Access, Parts, open_parts
 
 
@@ -45,8 +46,14 @@ def as_database_owner(settings: Settings) -> Iterator[None]:
         return
     # Loaded lazily elsewhere: load them while root may still read wherever Python lives.
 
-    for module in ("sqlite3", "sqlalchemy.dialects.sqlite.pysqlite"):
-        importlib.import_module(module)
+    modules = ["sqlite3", "sqlalchemy.dialects.sqlite.pysqlite"]
+    if path is None and backend_of(settings.database_url) == "postgresql":
+        modules += ["psycopg", "sqlalchemy.dialects.postgresql.psycopg"]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # opening the database says what is missing, in words
 
     os.setegid(st.st_gid)
     os.seteuid(st.st_uid)
@@ -69,6 +76,16 @@ def _may_write(db: Path) -> bool:
 def command_parts(settings: Settings, access: Access) -> Parts:
     """The parts a command needs; DatabaseMissing, SchemaMismatch, or a CliError naming who may."""
     path = sqlite_path(settings.database_url)
+    if path is None and backend_of(settings.database_url) == "postgresql":
+        try:
+            parts = open_parts(settings, access)
+            with read(parts.queue.engine) as conn:
+                run(conn, "SELECT 1 FROM jobs LIMIT 1").all()
+        except (exc.OperationalError, StoreUnavailable) as error:
+            raise CliError(f"cannot use the database {shown(settings.database_url)}: {getattr(error, 'orig', error)}"
+                           " (is the server up and reachable from here, and does it accept this box's role?)",
+                           ExitCode.UNAVAILABLE) from None
+        return parts
     try:
         parts = open_parts(settings, access)
         # Open now, so that a permission problem shows here and not halfway through a command.

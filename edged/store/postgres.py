@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.engine import make_url
 
 from edged.store.errors import UnsupportedDatabase
 
@@ -39,6 +40,18 @@ class PgOptions:
     application_name: str = "edged"
 
 
+def with_driver(url: str) -> URL:
+    """A bare `postgresql://` URL means psycopg 3 here (SQLAlchemy 2.0 would take psycopg2, which
+    edged does not install); a URL naming its driver keeps it."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
+
+
+def shown(url: str) -> str:
+    """A URL fit for a message: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def open_postgres(url: str, readonly: bool, options: PgOptions) -> Engine:
     connect_args = {
         "connect_timeout": options.connect_timeout_s,
@@ -49,10 +62,10 @@ def open_postgres(url: str, readonly: bool, options: PgOptions) -> Engine:
         "application_name": options.application_name[:63],  # the server cuts it at 63 bytes anyway
     }
     try:
-        engine = create_engine(url, pool_size=options.pool_size, max_overflow=options.max_overflow,
+        engine = create_engine(with_driver(url), pool_size=options.pool_size, max_overflow=options.max_overflow,
                                pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args)
     except ModuleNotFoundError as error:
-        raise UnsupportedDatabase(f"database {url.split('@')[-1]!r} is PostgreSQL, whose driver is not installed"
+        raise UnsupportedDatabase(f"database {shown(url)} is PostgreSQL, whose driver is not installed"
                                   f" ({error.name}): pip install 'edged[postgres]'") from None
 
     @event.listens_for(engine, "connect")

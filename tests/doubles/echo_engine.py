@@ -1,7 +1,7 @@
 """A test double of the engine (tests only): deterministic output, optional delay and faults.
 
 Loaded by the daemon through `model.engine: "echo_engine:create"` with tests/doubles on
-PYTHONPATH. Options (model.options): name, delay_s (per batch), fail_on (raise when a
+PYTHONPATH. Options (model.options): name, delay_s (per batch), heartbeat (the delay ticks), fail_on (raise when a
 prompt contains this text), batch_fail (raise for any batch larger than 1), mode ("digest":
 a hash of the prompt; "echo": the prompt itself), context_length, instruction_tuned,
 empty_on / loop_on (a prompt containing this text gets an empty / looping output), crash_on
@@ -39,7 +39,10 @@ class EchoEngine:
         self.crash_on = options.get("crash_on")
         self.kill_on = options.get("kill_on")
         self.calls_file = options.get("calls_file")
-        self.heartbeat: Any = lambda: None  # the worker's tick, called while a delay runs (as a real engine's steps do)
+        # heartbeat: true: the delay calls the worker's tick as it runs (as a real engine's steps
+        # do); false: the delay is an engine call that hangs, silent.
+        self.beats = bool(options.get("heartbeat", False))
+        self.heartbeat: Any = lambda: None
         self.calls: list[int] = []
         self.prompts: list[str] = []
 
@@ -58,11 +61,13 @@ class EchoEngine:
         self.calls.append(len(requests))
         self.prompts.extend(r.text for r in requests)
         self._mark("start", len(requests))
-        if self.delay_s:
+        if self.delay_s and self.beats:
             end = time.monotonic() + self.delay_s
             while (left := end - time.monotonic()) > 0:
                 time.sleep(min(left, 0.05))
                 self.heartbeat()
+        elif self.delay_s:
+            time.sleep(self.delay_s)
         if self.crash_on and any(self.crash_on in r.text for r in requests):
             os.abort()
         if self.kill_on and any(self.kill_on in r.text for r in requests):
