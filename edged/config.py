@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edged.exitcodes import EdgedError, ExitCode
 from edged.languages import accepted, normalise
@@ -125,6 +125,21 @@ class ScheduleSettings(_Section):
     def _windows(cls, value: list[str]) -> list[str]:
         for w in value:
             parse_window(w)
+        return value
+
+
+class ShipSettings(_Section):
+    """Mode "ship": this box's rows copied to one central PostgreSQL (shipper.py)."""
+
+    url: Optional[str] = None  # None: nothing is shipped (and nothing is kept for shipping)
+    interval_seconds: float = live(30.0, gt=0)
+    batch_rows: int = live(1000, ge=1, le=100_000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("a PostgreSQL URL (postgresql+psycopg://user@host/dbname), or null")
         return value
 
 
@@ -263,6 +278,7 @@ class Settings(_Section):
     database: Optional[str] = None  # SQLAlchemy URL; None: sqlite file in state_dir
     box_id: Optional[str] = None  # None: a UUID made at the first start, kept in <state_dir>/box_id
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    ship: ShipSettings = Field(default_factory=ShipSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -276,6 +292,13 @@ class Settings(_Section):
 
     # Where the settings came from; not a config key.
     source: Optional[Path] = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _ship_from_sqlite(self) -> Settings:
+        if self.ship.url and self.database and not self.database.startswith("sqlite"):
+            raise ValueError("ship.url: a box ships from its own SQLite queue; with `database` on PostgreSQL its"
+                             " rows are central already (set ship.url: null)")
+        return self
 
     @field_validator("box_id")
     @classmethod

@@ -27,15 +27,17 @@ from edged.notify import Notifier
 from edged.reload import changed_keys, live_settings, needs_restart
 from edged.schedule import Schedule
 from edged.settle import Settler
+from edged.shipper import Shipper
 from edged.spool import SpoolFiles, SpoolLayout, SpoolWatcher
 from edged.spool.space import SpaceGuard
 from edged.store import Queue, StoreUnavailable
 from edged.store.db import sqlite_path
+from edged.store.outbox import Outbox
 from edged.store.stats import Stats
 from edged.tasks import TASK_NAMES
 from edged.throughput import BatchReport, Meter, log_batch
 from edged.windows import WindowWatch
-from edged.wiring import build_layout, build_queue, load_model, lock_path, spool_lock_path
+from edged.wiring import build_layout, build_queue, load_model, lock_path, postgres_options, spool_lock_path
 from edged.worker import Worker
 
 log = get_logger("edged.daemon")
@@ -62,6 +64,7 @@ class Running:
     schedule: Optional[Schedule] = None
     engine: Optional[Engine] = None
     worker: Optional[Worker] = None
+    shipper: Optional[Shipper] = None
 
 
 class Daemon:
@@ -133,6 +136,7 @@ class Daemon:
             log.warning("recovered_jobs", requeued=requeued, failed=failed, cause=cause,
                         detail="jobs left running by a process that died: they run alone first, and only a job"
                                " that was running alone when the process died of a known cause is charged")
+        shipper = self._until_stored("ship", lambda: self._shipper(s, queue))
         layout = build_layout(s)
         for problem in layout.ensure():
             log.error("spool_folder_unusable", problem=problem,
@@ -156,7 +160,21 @@ class Daemon:
         watcher = SpoolWatcher(layout, s.watch.stability_seconds, intake.take, polling=s.watch.polling,
                                poll_interval=s.watch.poll_interval_seconds)
         return Running(queue, stats, layout, files, settler, guard, facts, intake, watcher,
-                       Meter(stats, model=model), WindowWatch(facts.publish), after)
+                       Meter(stats, model=model), WindowWatch(facts.publish), after, shipper=shipper)
+
+    @staticmethod
+    def _shipper(s: Settings, queue: Queue) -> Optional[Shipper]:
+        """Mode "ship" when ship.url is set; otherwise nothing is kept for shipping."""
+        if not s.ship.url:
+            dropped = Outbox(queue.engine).disable()
+            if dropped:
+                log.warning("shipping_disabled", dropped_rows=dropped,
+                            detail="ship.url is no longer set: the rows not yet shipped will not be")
+            return None
+        shipper = Shipper(queue.engine, s.ship.url, queue.box_id, postgres_options(s, queue.box_id),
+                          batch_rows=s.ship.batch_rows)
+        shipper.enable()
+        return shipper
 
     def _run(self) -> ExitCode:
         s = self.settings
@@ -164,7 +182,7 @@ class Daemon:
         p.watcher.start()
         log.info("startup_scan", files=p.watcher.scan())
         p.schedule = Schedule(s, {"rescan": self._rescan, "recover": self._recover, "summary": self._summary,
-                                  "maintenance": self._maintenance, "disk": p.guard.check})
+                                  "maintenance": self._maintenance, "disk": p.guard.check, "ship": self._ship})
         p.schedule.start()
         model = p.meter.model
         if s.model.path is None and s.model.engine == "onnx":
@@ -218,6 +236,12 @@ class Daemon:
         assert p is not None
         p.meter.flush()
         p.facts.publish()
+
+    def _ship(self) -> None:
+        p = self.parts
+        if p is not None and p.shipper is not None:
+            p.shipper.batch_rows = self.settings.ship.batch_rows
+            p.shipper.round(max_seconds=self.settings.ship.interval_seconds)
 
     def _maintenance(self) -> None:
         p = self.parts
@@ -308,5 +332,7 @@ class Daemon:
         except Exception:
             log.exception("throughput_flush_error")
         p.after.close()
+        if p.shipper is not None:
+            p.shipper.close()
         if p.engine is not None:
             p.engine.close()

@@ -24,7 +24,7 @@ def intervals(s: Settings) -> dict[str, float]:
     """Seconds between runs of each scheduled job."""
     return {"rescan": s.watch.rescan_seconds, "recover": s.queue.recover_seconds,
             "summary": s.schedule.summary_seconds, "maintenance": s.schedule.maintenance_seconds,
-            "disk": DISK_CHECK_SECONDS}
+            "disk": DISK_CHECK_SECONDS, "ship": s.ship.interval_seconds}
 
 
 def _guarded(job_id: str, func: Callable[[], Any]) -> Callable[[], None]:

@@ -61,9 +61,11 @@ class PgServer:
         return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--init-groups", "--", *argv]
 
     def start(self) -> PgServer:
-        subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                                       "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
-                       check=True, capture_output=True, cwd=self.root)
+        """Make the cluster (the first time) and start the server on it."""
+        if not (self.data / "PG_VERSION").exists():
+            subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                           "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+                           check=True, capture_output=True, cwd=self.root)
         options = " ".join([
             "-c listen_addresses=''", f"-c unix_socket_directories={self.socket_dir}",
             # A test server: durability is not under test here (SQLite's is), speed is.
@@ -94,7 +96,8 @@ class PgServer:
         self.psql(f"CREATE SCHEMA {name}")
         return name
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
+        """Stop the server; `remove`: and delete the cluster (else `start` brings it back as it was)."""
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGINT)  # fast shutdown: rolls back what is open, then exits
@@ -110,4 +113,5 @@ class PgServer:
             except ProcessLookupError:
                 pass
             self.pid = None
-        shutil.rmtree(self.root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)

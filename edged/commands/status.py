@@ -12,6 +12,7 @@ from edged.engine.loader import model_name
 from edged.exitcodes import ExitCode
 from edged.lock import HolderUnknown, StateLock
 from edged.store import DatabaseMissing
+from edged.store.outbox import Outbox
 from edged.store.queries import finished_between, queue_summary, throughput_since
 from edged.store.stats import Stats
 from edged.timeutil import local_time, relative
@@ -46,6 +47,11 @@ def collect(settings: Settings) -> dict[str, Any]:
         info = queue_summary(parts.queue.engine)
         daemon = Stats(parts.queue.engine).runtime()
         throughput = throughput_since(parts.queue.engine, hours=1)
+        ship = Outbox(parts.queue.engine).state()
+        if ship.enabled:
+            info["ship"] = {"central": ship.central, "backlog_rows": ship.backlog, "shipped_rows": ship.shipped_rows,
+                            "last_ok_at": ship.last_ok_at, "last_try_at": ship.last_try_at,
+                            "last_error": ship.last_error}
         if throughput["periods"]:
             # The same window from the jobs table: the two agree where their windows do.
             throughput["jobs_table"] = finished_between(parts.queue.engine, throughput["window_start"],
@@ -127,5 +133,11 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     if d.get("processing_open") is False:
         print(f"processing          waiting: outside the processing windows (next opening"
               f" {local_time(d.get('next_opening'))})")
+    if "ship" in info:
+        sh = info["ship"]
+        last = f"last shipped {local_time(sh['last_ok_at'])} ({relative(sh['last_ok_at'])})" if sh["last_ok_at"] \
+            else "nothing shipped yet"
+        trouble = f"; the last try failed: {sh['last_error']}" if sh["last_error"] else ""
+        print(f"shipping            to {sh['central']}: {sh['backlog_rows']} changed rows waiting, {last}{trouble}")
     print(f"spool               {info['spool_dir']} ({info['spool_free_mb']} MB free)")
     return ExitCode.OK

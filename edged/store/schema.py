@@ -13,7 +13,7 @@ backend (a dict of backend -> statement in the list).
 from __future__ import annotations
 
 import re
-from typing import Union
+from typing import Optional, Union
 
 from sqlalchemy import Connection, Engine, inspect
 
@@ -22,7 +22,7 @@ from edged.store.db import Backend, backend, read, run, write
 from edged.store.postgres import MIGRATION_LOCK
 from edged.timeutil import now_iso
 
-Statement = Union[str, dict[str, str]]
+Statement = Union[str, dict[str, Optional[str]]]  # None: nothing to do on that backend
 
 MIGRATIONS: list[list[Statement]] = [
     # v1: the queue, its results, and the files that brought each job in.
@@ -175,6 +175,45 @@ MIGRATIONS: list[list[Statement]] = [
     [
         "CREATE INDEX job_attempts_finished ON job_attempts (finished_at)",
     ],
+    # v7: the outbox of mode "ship" (store/outbox.py). While shipping is on (ship_state.enabled),
+    # every insert and update of a shipped table adds a row here in the same transaction as the
+    # change, so a change and its outbox row commit or roll back together; the shipper sends
+    # the rows' current state and deletes what the central database took. AUTOINCREMENT: a seq
+    # is never reused after its row is deleted (the central copy keeps the highest seq it took,
+    # and refuses any state older than that). Deletions are not shipped: retention keeps what
+    # is unshipped, and the central copy keeps its own history. A PostgreSQL store is central
+    # already: there the tables exist (the SQL that reads them is the same) and stay empty.
+    [
+        {"sqlite": "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL,"
+                   " row_id INTEGER NOT NULL, job_id INTEGER)",
+         "postgresql": "CREATE TABLE outbox (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tbl TEXT NOT NULL,"
+                       " row_id BIGINT NOT NULL, job_id BIGINT)"},
+        "CREATE INDEX outbox_job ON outbox (job_id)",
+        """
+        CREATE TABLE ship_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            enabled INTEGER NOT NULL DEFAULT 0,
+            central TEXT,
+            -- Names this database file to the central one: a box whose database was replaced
+            -- (same box_id, ids counting from 1 again) must not overwrite its old rows there.
+            database_id TEXT,
+            shipped_seq INTEGER NOT NULL DEFAULT 0,
+            shipped_rows INTEGER NOT NULL DEFAULT 0,
+            last_ok_at TEXT,
+            last_try_at TEXT,
+            last_error TEXT
+        )
+        """,
+        "INSERT INTO ship_state (id, enabled) VALUES (1, 0)",
+        # One trigger per shipped table and kind of change (v7's own list: never to be edited).
+        *({"sqlite": f"CREATE TRIGGER outbox_{table}_{op.lower()} AFTER {op} ON {table}"
+                     " WHEN (SELECT enabled FROM ship_state) BEGIN INSERT INTO outbox (tbl, row_id, job_id)"
+                     f" VALUES ('{table}', NEW.id, {job}); END",
+           "postgresql": None}
+          for table, job in (("jobs", "NEW.id"), ("results", "NEW.job_id"), ("files", "NEW.job_id"),
+                             ("job_attempts", "NEW.job_id"), ("throughput", "NULL"))
+          for op in ("INSERT", "UPDATE")),
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -189,8 +228,8 @@ _POSTGRES_TYPES = [
 ]
 
 
-def for_backend(statement: Statement, kind: Backend) -> str:
-    """A migration statement in the spelling of `kind`."""
+def for_backend(statement: Statement, kind: Backend) -> Optional[str]:
+    """A migration statement in the spelling of `kind` (None: that backend has nothing to do)."""
     if isinstance(statement, dict):
         return statement[kind]
     if kind == "sqlite":
@@ -236,7 +275,9 @@ def migrate(engine: Engine) -> list[int]:
             )
         for version in range(have + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version - 1]:
-                run(conn, for_backend(statement, kind))
+                spelled = for_backend(statement, kind)
+                if spelled is not None:
+                    run(conn, spelled)
             run(conn, "INSERT INTO schema_migrations (version, applied_at) VALUES (:v, :now)", v=version, now=now_iso())
             applied.append(version)
     return applied

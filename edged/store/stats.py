@@ -58,6 +58,11 @@ class Expired(NamedTuple):
     moved: list[MovedFile]
 
 
+# A job (or a row of its results, files or attempts) changed since the fleet's database last took
+# it (mode "ship", outbox.py): retention keeps it until it has shipped.
+_UNSHIPPED = "EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = {job})"
+
+
 class Stats:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -131,9 +136,10 @@ class Stats:
                 # A parent goes only with its children (ON DELETE CASCADE): only when every
                 # child is itself due (finished, old enough, and of a state being deleted).
                 f" AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id"
-                f"   AND (c.status NOT IN {states} OR c.finished_at >= :before))"
+                f"   AND (c.status NOT IN {states} OR c.finished_at >= :before OR {_UNSHIPPED.format(job='c.id')}))"
                 " AND NOT EXISTS (SELECT 1 FROM files k WHERE k.job_id = j.id AND (k.left_in_inbox = 1"
                 "   OR k.state = 'pending'))"
+                f" AND NOT {_UNSHIPPED.format(job='j.id')}"
                 " ORDER BY j.id", before=iso(before),
             ).all()
         out: dict[int, list[MovedFile]] = {}
@@ -152,9 +158,11 @@ class Stats:
             # retry`) since it was listed is kept, and so is its parent.
             return run(conn, "DELETE FROM jobs WHERE id IN :ids AND status IN ('done', 'failed') AND NOT EXISTS"
                              " (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id"
-                             "  AND c.status IN ('queued', 'running'))",
+                             f"  AND (c.status IN ('queued', 'running') OR {_UNSHIPPED.format(job='c.id')}))"
+                             f" AND NOT {_UNSHIPPED.format(job='jobs.id')}",
                        expanding=("ids",), ids=list(job_ids)).rowcount
 
     def prune_throughput(self, before: datetime) -> int:
         with write(self.engine) as conn:
-            return run(conn, "DELETE FROM throughput WHERE period_end < :before", before=iso(before)).rowcount
+            return run(conn, "DELETE FROM throughput WHERE period_end < :before AND NOT EXISTS (SELECT 1 FROM outbox o"
+                             " WHERE o.tbl = 'throughput' AND o.row_id = throughput.id)", before=iso(before)).rowcount
