@@ -277,6 +277,7 @@ class Settings(_Section):
     spool_dir: Path = Path("/var/spool/edged")
     database: Optional[str] = None  # SQLAlchemy URL; None: sqlite file in state_dir
     box_id: Optional[str] = None  # None: a UUID made at the first start, kept in <state_dir>/box_id
+    shared: bool = False  # mode "shared": boxes of one site on one PostgreSQL queue
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     ship: ShipSettings = Field(default_factory=ShipSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -292,6 +293,13 @@ class Settings(_Section):
 
     # Where the settings came from; not a config key.
     source: Optional[Path] = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _shared_on_postgresql(self) -> Settings:
+        if self.shared and not (self.database or "").startswith("postgresql"):
+            raise ValueError("shared: boxes share a queue in a PostgreSQL `database` (postgresql+psycopg://…);"
+                             " a SQLite file is one box's")
+        return self
 
     @model_validator(mode="after")
     def _ship_from_sqlite(self) -> Settings:

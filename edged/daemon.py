@@ -8,14 +8,15 @@ the order things start and stop in, and which part each scheduled job calls.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from edged import death, upkeep
+from edged import death, tasks, upkeep
 from edged.config import ConfigError, Settings, load_config
 from edged.control import Control, StopNow
-from edged.engine.api import Engine, ModelUnavailable
+from edged.engine.api import Engine, ModelUnavailable, sees_images
 from edged.engine.loader import model_name
 from edged.exitcodes import EdgedError, ExitCode
 from edged.facts import RuntimeFacts
@@ -36,6 +37,7 @@ from edged.store.outbox import Outbox
 from edged.store.stats import Stats
 from edged.tasks import TASK_NAMES
 from edged.throughput import BatchReport, Meter, log_batch
+from edged.timeutil import now_iso
 from edged.windows import WindowWatch
 from edged.wiring import build_layout, build_queue, load_model, lock_path, postgres_options, spool_lock_path
 from edged.worker import Worker
@@ -65,6 +67,7 @@ class Running:
     engine: Optional[Engine] = None
     worker: Optional[Worker] = None
     shipper: Optional[Shipper] = None
+    served: tuple[str, ...] = ()  # the tasks this box's model can run
 
 
 class Daemon:
@@ -74,6 +77,7 @@ class Daemon:
         self._reloads = 0
         self.control = Control(lambda: self.settings.queue.drain_grace_seconds, on_stopping=self.notify.stopping)
         self.parts: Optional[Running] = None
+        self._started_at = now_iso()
 
     def run(self) -> ExitCode:
         s = self.settings
@@ -127,7 +131,7 @@ class Daemon:
     def _open(self, s: Settings) -> Running:
         """Store, recovery, spool, settling, intake: everything but the model, in that order."""
         queue = self._until_stored("open", lambda: build_queue(s))
-        stats = Stats(queue.engine)
+        stats = Stats(queue.engine, queue.spool_box)
         cause = death.previous_death(s.state_dir)
         death.watch_faults(s.state_dir)
         requeued, failed = self._until_stored(
@@ -198,6 +202,13 @@ class Daemon:
             return exc.code
         p.meter.provider = p.engine.provider
         p.facts.publish(model=model, provider=p.engine.provider)
+        p.served = tasks.served(sees_images(p.engine))
+        if s.shared:
+            # Only jobs this box can run: its model's, of the tasks its model can do.
+            p.queue.serve(model_name(s.model, s.model_dir), p.served)
+            log.info("site_queue", box_id=p.queue.box_id, model=model, tasks=list(p.served),
+                     detail="mode shared: claiming from the site's queue")
+        self._seen()
         if s.metrics.listen:
             from edged.metrics import EdgedCollector, serve
 
@@ -236,6 +247,15 @@ class Daemon:
         assert p is not None
         p.meter.flush()
         p.facts.publish()
+        self._seen()
+
+    def _seen(self) -> None:
+        """This box is alive, with what it runs (the `boxes` table: `edged status` lists a site's boxes)."""
+        p = self.parts
+        if p is None or p.engine is None:
+            return
+        p.stats.seen(p.queue.box_id, socket.gethostname(), os.getpid(), p.meter.model, p.engine.provider,
+                     list(p.served), self._started_at)
 
     def _ship(self) -> None:
         p = self.parts

@@ -9,6 +9,7 @@ split until the one file it refuses is found. A database that cannot take writes
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -18,7 +19,7 @@ from edged.config import Settings
 from edged.logs import get_logger
 from edged.pathnames import displayable
 from edged.settle import Settler
-from edged.spool import SpoolLayout
+from edged.spool import InputChanged, InputRefused, SpoolLayout
 from edged.spool.watch import Deferred
 from edged.store import Enqueued, NewFile, Queue, StoreUnavailable
 
@@ -145,8 +146,22 @@ class Intake:
             if sha is None and refused is None:
                 return None  # changed since it was looked at: its next event or a rescan brings it back
         params = tasks.get(insp.task).params_for(insp.rel.split("/"), self.settings)
+        data = self._shared_bytes(insp.task, insp.rel, sha) if sha is not None and self.settings.shared else None
         return NewFile(insp.task, insp.rel, sha, params=params, refused=refused, size_bytes=fp.size,
-                       mtime_ns=fp.mtime_ns, ctime_ns=fp.ctime_ns, inode=fp.inode)
+                       mtime_ns=fp.mtime_ns, ctime_ns=fp.ctime_ns, inode=fp.inode, data=data)
+
+    def _shared_bytes(self, task: str, rel: str, sha: str) -> Optional[bytes]:
+        """Mode "shared": the file's bytes for the site's database, so that any box can run its job.
+
+        None (the job then runs only on this box) when the file is over its task's input limit
+        (it fails there with that reason) or changed since it was hashed (its next event brings it).
+        """
+        limit = int(getattr(self.settings.tasks, task).max_input_mb * 1024 * 1024)
+        try:
+            data, _st = self.layout.read_current(rel, limit)
+        except (InputChanged, InputRefused, OSError):
+            return None
+        return data if hashlib.sha256(data).hexdigest() == sha else None
 
     def _trouble(self, rel: str, key: Optional[tuple], event: str, exc: BaseException) -> None:
         key = key or ()

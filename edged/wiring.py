@@ -49,7 +49,8 @@ def build_queue(settings: Settings, access: Access = "daemon") -> Queue:
     q = settings.queue
     box = box_id(settings, create=access == "daemon")
     return open_queue(settings.database_url, readonly=access == "read", migrate_schema=access == "daemon",
-                      box_id=box, postgres=postgres_options(settings, box), max_attempts=q.max_attempts,
+                      box_id=box, shared=settings.shared, postgres=postgres_options(settings, box),
+                      max_attempts=q.max_attempts,
                       backoff_seconds=q.backoff_seconds, backoff_max_seconds=q.backoff_max_seconds,
                       lease_seconds=q.lease_seconds)
 

@@ -259,6 +259,8 @@ class Worker:
                 # file, so that the file read is the file moved.
                 self.queue.refresh_file(rec.id, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             return data
+        if not files and self.queue.shared and job.sha256:
+            return self._blob(job, limit)
         if changes:
             raise InputError(f"the input changed before it ran: {changes[0]} (whatever is at the path now is taken"
                              " in as a new file)")
@@ -266,6 +268,19 @@ class Worker:
             raise InputError("the input changed before it ran: it was replaced or rewritten, and its new content"
                              " is queued as a job of its own")
         raise InputError("the input file vanished from the inbox before it ran")
+
+    def _blob(self, job: Job, limit: int) -> bytes:
+        """Mode "shared": the input of a job whose file lies in another box's spool, from the database."""
+        assert job.sha256 is not None
+        data = self.queue.blob(job.sha256)
+        if data is None:
+            raise InputError("the input is not in the site's database (the box that took it in kept it: it was over"
+                             " the input limit there, or changed as it was read)")
+        if limit and len(data) > limit:
+            raise InputRefused(f"input is larger than the limit of {limit} bytes")
+        if hashlib.sha256(data).hexdigest() != job.sha256:
+            raise InputError("the input in the site's database does not match its sha256: it was damaged on the way")
+        return data
 
     def _prepare(self, task: tasks.Task, job: Job, files: list[FileRecord], report: BatchReport) -> Optional[_Item]:
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ import pytest
 from edged.reload import changed_keys, live_settings, needs_restart
 from edged.spool.space import SpaceGuard
 from edged.store import NewFile, ResultData, Settled
+from edged.store.db import run
 from edged.store.stats import Stats
 from edged.timeutil import iso, utcnow
 from edged.upkeep import checkpoint, retention
@@ -55,8 +56,8 @@ def test_config_rejects_bad_windows_languages_and_listen(make_settings) -> None:
         make_settings(metrics={"listen": "localhost"})
 
 
-def test_retention_deletes_old_done_inputs_and_rows_only(make_settings, monkeypatch) -> None:
-    s = make_settings(retention={"days": 7})
+def test_retention_deletes_old_done_inputs_and_rows_only(make_settings, db_url: str) -> None:
+    s = make_settings(retention={"days": 7}, database=db_url)
     parts = open_parts(s)
     parts.layout.ensure()
     q, stats = parts.queue, Stats(parts.queue.engine)
@@ -69,10 +70,8 @@ def test_retention_deletes_old_done_inputs_and_rows_only(make_settings, monkeypa
     for e in enq:
         parts.settler.job(e.job_id, "translate")
     with q.engine.begin() as conn:  # the old job finished ten days ago
-        conn.exec_driver_sql("UPDATE jobs SET finished_at = ? WHERE source_path = 'translate/old.txt'",
-                             (iso(utcnow() - timedelta(days=10)),))
-        conn.exec_driver_sql("UPDATE jobs SET finished_at = ? WHERE source_path = 'translate/bad.txt'",
-                             (iso(utcnow() - timedelta(days=10)),))
+        run(conn, "UPDATE jobs SET finished_at = :t WHERE source_path IN ('translate/old.txt', 'translate/bad.txt')",
+            t=iso(utcnow() - timedelta(days=10)))
     assert retention(stats, parts.files, s.retention) == (1, 1)
     done = parts.layout.root / "done" / "translate"
     assert sorted(p.name for p in done.iterdir()) == ["new.txt"]
@@ -98,8 +97,8 @@ def test_space_guard_pauses_once_and_resumes(tmp_path: Path) -> None:
     assert guard.check() and resumed == [1]
 
 
-def test_retention_keeps_a_parent_while_its_child_is_kept(make_settings) -> None:
-    s = make_settings(retention={"days": 1})
+def test_retention_keeps_a_parent_while_its_child_is_kept(make_settings, db_url: str) -> None:
+    s = make_settings(retention={"days": 1}, database=db_url)
     parts = open_parts(s)
     parts.layout.ensure()
     q, stats = parts.queue, Stats(parts.queue.engine)
@@ -110,7 +109,7 @@ def test_retention_keeps_a_parent_while_its_child_is_kept(make_settings) -> None
     (child,) = q.claim(1)
     q.fail(child, "loop", permanent=True)  # a failed child: kept unless include_failed
     with q.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE jobs SET finished_at = ?", (iso(utcnow() - timedelta(days=3)),))
+        run(conn, "UPDATE jobs SET finished_at = :t", t=iso(utcnow() - timedelta(days=3)))
     assert retention(stats, parts.files, s.retention) == (0, 0)
     s.retention.include_failed = True
     assert retention(stats, parts.files, s.retention)[0] >= 1  # the parent, and its child by cascade

@@ -21,7 +21,8 @@ from edged.store.stats import Stats
 
 
 def _runtime(settings: Settings) -> dict[str, Any]:
-    return Stats(command_parts(settings, "read").queue.engine).runtime()
+    queue = command_parts(settings, "read").queue
+    return Stats(queue.engine, queue.spool_box).runtime()
 
 
 def _signal(pid: int) -> None:

@@ -11,9 +11,10 @@ from edged.config import Settings
 from edged.engine.loader import model_name
 from edged.exitcodes import ExitCode
 from edged.lock import HolderUnknown, StateLock
+from edged.pathnames import for_terminal
 from edged.store import DatabaseMissing
 from edged.store.outbox import Outbox
-from edged.store.queries import finished_between, queue_summary, throughput_since
+from edged.store.queries import finished_between, queue_summary, site_summary, throughput_since
 from edged.store.stats import Stats
 from edged.timeutil import local_time, relative
 from edged.wiring import lock_path
@@ -45,8 +46,10 @@ def collect(settings: Settings) -> dict[str, Any]:
         info["database"] = str(exc)
     else:
         info = queue_summary(parts.queue.engine)
-        daemon = Stats(parts.queue.engine).runtime()
+        daemon = Stats(parts.queue.engine, parts.queue.spool_box).runtime()
         throughput = throughput_since(parts.queue.engine, hours=1)
+        if settings.shared:
+            info["site"] = site_summary(parts.queue.engine)
         ship = Outbox(parts.queue.engine).state()
         if ship.enabled:
             info["ship"] = {"central": ship.central, "backlog_rows": ship.backlog, "shipped_rows": ship.shipped_rows,
@@ -133,6 +136,16 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
     if d.get("processing_open") is False:
         print(f"processing          waiting: outside the processing windows (next opening"
               f" {local_time(d.get('next_opening'))})")
+    if "site" in info:
+        print("site boxes          " + ("none has started yet" if not info["site"]["boxes"] else ""))
+        for b in info["site"]["boxes"]:
+            state = "live" if b["live"] else "GONE"
+            print(f"  {b['box_id']:<38} {state:<5} seen {_age(b['last_seen_age_s'])} ago"
+                  f"  {for_terminal(b['host'] or '-')}  {for_terminal(b['model'] or '-')} on {b['provider']}"
+                  f"  tasks: {', '.join(b['tasks']) or '-'}")
+        for s in info["site"]["queued_no_live_box_can_run"]:
+            print(f"  STRANDED: {s['jobs']} queued {s['task']} job(s) for model {for_terminal(s['model'])}: no live box"
+                  " runs them")
     if "ship" in info:
         sh = info["ship"]
         last = f"last shipped {local_time(sh['last_ok_at'])} ({relative(sh['last_ok_at'])})" if sh["last_ok_at"] \

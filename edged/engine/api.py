@@ -64,6 +64,11 @@ def rough_token_count(text: str) -> int:
     return len(text.encode("utf-8")) // 3 + 1
 
 
+def sees_images(engine: Any) -> bool:
+    """Whether the engine takes requests with images (a plug-in that does not say is assumed to)."""
+    return bool(getattr(engine, "sees_images", True))
+
+
 def model_info(engine: Any) -> ModelInfo:
     """The engine's ModelInfo, or cautious defaults for a plug-in engine that has none."""
     info = getattr(engine, "info", None)

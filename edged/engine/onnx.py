@@ -107,6 +107,11 @@ class OnnxEngine:
                  kv_reserved_mb=round(kv / 2**20) if kv else None)
 
     @property
+    def sees_images(self) -> bool:
+        """Whether requests may carry images (the model has a vision encoder)."""
+        return self.vision is not None
+
+    @property
     def heartbeat(self) -> Callable[[], None]:
         return getattr(self.generator, "heartbeat", lambda: None)
 

@@ -21,8 +21,9 @@ __all__ = [
 ]
 
 
-def open_queue(url: str, *, owner: Optional[str] = None, box_id: Optional[str] = None, readonly: bool = False,
-               migrate_schema: bool = True, postgres: Optional[PgOptions] = None, **options: Any) -> Queue:
+def open_queue(url: str, *, owner: Optional[str] = None, box_id: Optional[str] = None, shared: bool = False,
+               readonly: bool = False, migrate_schema: bool = True, postgres: Optional[PgOptions] = None,
+               **options: Any) -> Queue:
     """The queue of the database at `url`.
 
     The daemon opens it read-write and migrates it (creating it if need be). The operator's
@@ -34,4 +35,4 @@ def open_queue(url: str, *, owner: Optional[str] = None, box_id: Optional[str] =
         migrate(engine)
     else:
         require_current(engine)
-    return Queue(engine, owner=owner, box_id=box_id, **options)
+    return Queue(engine, owner=owner, box_id=box_id, shared=shared, **options)

@@ -34,6 +34,11 @@ _INDEXES = [
 ]
 
 
+# The central key and bookkeeping: a box's own column of one of these names (files.box_id, ''
+# on a box of its own) is left out, the central box_id being the one that counts.
+_CENTRAL = frozenset({"box_id", "seq", "shipped_at"})
+
+
 class CentralMismatch(Exception):
     """The central rows under this box_id came from another database file."""
 
@@ -41,7 +46,8 @@ class CentralMismatch(Exception):
 def local_columns(engine: Engine) -> dict[str, list[tuple[str, str]]]:
     """table -> [(column, SQLite declared type)] of the box's shipped tables."""
     insp = inspect(engine)
-    return {t: [(c["name"], str(c["type"]).upper()) for c in insp.get_columns(t)] for t in SHIPPED}
+    return {t: [(c["name"], str(c["type"]).upper()) for c in insp.get_columns(t) if c["name"] not in _CENTRAL]
+            for t in SHIPPED}
 
 
 def _text_value(value: Any) -> Any:

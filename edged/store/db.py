@@ -85,8 +85,10 @@ def run(conn: Connection, statement: str, expanding: tuple[str, ...] = (), **par
     """One statement with `:name` binds (the one SQL style of the store: portable, unlike the
     DB-API's own `?` or `%s`); `expanding` names the binds that take a list (`IN :ids`)."""
     clause = text(statement)
-    if expanding:
-        clause = clause.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    # A name the statement does not use (a filter a caller's condition left out) is passed over.
+    used = [name for name in expanding if f":{name}" in statement]
+    if used:
+        clause = clause.bindparams(*(bindparam(name, expanding=True) for name in used))
     return conn.execute(clause, params)
 
 

@@ -71,6 +71,7 @@ class FileRecords:
     engine: Engine
     now: Callable[[], str]
     blob_names: bool
+    spool_box: str  # whose spool: a box sees and moves only its own files (mode "shared")
 
     def files_of(self, job_ids: Sequence[int], state: FileState = "pending") -> dict[int, list[FileRecord]]:
         """The file records of some jobs, by job id (every id present, perhaps with no files)."""
@@ -79,7 +80,8 @@ class FileRecords:
             return out
         with read(self.engine) as conn:
             rows = run(conn, f"SELECT {_COLUMNS} FROM files f WHERE f.job_id IN :ids AND f.state = :state"
-                             " ORDER BY f.id", expanding=("ids",), ids=list(job_ids), state=state).all()
+                             " AND f.box_id = :box ORDER BY f.id", expanding=("ids",), ids=list(job_ids), state=state,
+                       box=self.spool_box).all()
         for r in rows:
             out[r.job_id].append(_record(r))
         return out
@@ -88,7 +90,8 @@ class FileRecords:
         """Files still in the inbox although their job has finished (a crash or a failed move)."""
         with read(self.engine) as conn:
             rows = run(conn, f"SELECT {_COLUMNS}, j.status FROM files f JOIN jobs j ON j.id = f.job_id"
-                             " WHERE f.state = 'pending' AND j.status IN ('done', 'failed') ORDER BY f.id").all()
+                             " WHERE f.state = 'pending' AND j.status IN ('done', 'failed') AND f.box_id = :box"
+                             " ORDER BY f.id", box=self.spool_box).all()
         return [(_record(r), r.status) for r in rows]
 
     def settle_files(self, settled: Sequence[Settled]) -> None:
@@ -144,12 +147,14 @@ class FileRecords:
         """
         with read(self.engine) as conn:
             rows = run(conn, "SELECT path, inode, size_bytes, mtime_ns, ctime_ns FROM files"
-                             " WHERE state = 'pending' OR left_in_inbox = 1 ORDER BY id").all()
+                             " WHERE (state = 'pending' OR left_in_inbox = 1) AND box_id = :box ORDER BY id",
+                       box=self.spool_box).all()
         return {from_db(r.path): (r.inode, r.size_bytes, r.mtime_ns, r.ctime_ns) for r in rows}
 
     def left_in_inbox(self) -> list[LeftFile]:
         with read(self.engine) as conn:
-            rows = run(conn, "SELECT id, path, inode FROM files WHERE left_in_inbox = 1 ORDER BY id").all()
+            rows = run(conn, "SELECT id, path, inode FROM files WHERE left_in_inbox = 1 AND box_id = :box ORDER BY id",
+                       box=self.spool_box).all()
         return [LeftFile(r.id, from_db(r.path), r.inode) for r in rows]
 
     def forget_left(self, file_ids: Sequence[int]) -> None:

@@ -163,3 +163,26 @@ def finished_between(engine: Engine, start: str, end: str) -> dict[str, int]:
                                  " 'failed' THEN 1 END) FROM jobs WHERE finished_at >= :start"
                                  " AND finished_at <= :end", start=start, end=end).one()
     return {"done": done, "failed": failed}
+
+
+LIVE_S = 300.0  # a box unseen for longer (its summary beats every minute by default) is not counted as live
+
+
+def site_summary(engine: Engine, now: Optional[datetime] = None) -> dict[str, Any]:
+    """Mode "shared": the boxes of the site, and the queued jobs that no live box can run."""
+    now = now or utcnow()
+    with read(engine) as conn:
+        boxes = [dict(r) for r in run(conn, "SELECT box_id, host, pid, model, provider, tasks, started_at, last_seen_at"
+                                            " FROM boxes ORDER BY box_id").mappings()]
+        waiting = run(conn, "SELECT model, task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY model, task"
+                            " ORDER BY model, task").all()
+    live: set[tuple[str, str]] = set()
+    for box in boxes:
+        box["tasks"] = json.loads(box["tasks"] or "[]")
+        age = (now - parse_iso(box["last_seen_at"])).total_seconds()
+        box["last_seen_age_s"] = round(age, 1)
+        box["live"] = age <= LIVE_S
+        if box["live"]:
+            live.update((box["model"], t) for t in box["tasks"])
+    stranded = [{"model": m, "task": t, "jobs": n} for m, t, n in waiting if (m, t) not in live]
+    return {"boxes": boxes, "queued_no_live_box_can_run": stranded}

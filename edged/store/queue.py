@@ -16,52 +16,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, Sequence
 
 from sqlalchemy import Connection, Engine, exc
 
-from edged.pathnames import displayable, to_db
 from edged.store.attempts import begin_attempts, end_attempts
 from edged.store.backoff import backoff_delay
 from edged.store.db import backend, read, run, write
+from edged.store.enqueue import Enqueue, Enqueued, NewFile, canonical_params
 from edged.store.errors import StoreUnavailable
 from edged.store.files import FileRecords
 from edged.store.postgres import server_clock
 from edged.store.recovery import GIVE_BACK, Recovery
-from edged.store.states import DONE, FAILED, QUEUED, RUNNING, JobState, JobStatus, Outcome
+from edged.store.states import DONE, FAILED, QUEUED, RUNNING, JobState, JobStatus
 from edged.timeutil import iso, parse_iso, utcnow
 
 __all__ = ["DONE", "FAILED", "QUEUED", "RUNNING", "Enqueued", "Job", "NewFile", "Queue", "ResultData",
            "canonical_params"]
-
-
-def canonical_params(params: dict) -> str:
-    """Parameters as canonical JSON: equal dicts give equal text, so they key jobs reliably."""
-    return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-@dataclass(frozen=True)
-class NewFile:
-    """A file the spool found, ready to become (or join) a job."""
-
-    task: str
-    path: str  # relative to the inbox: '<task>/sub/name'
-    sha256: Optional[str]
-    size_bytes: Optional[int] = None
-    mtime_ns: Optional[int] = None
-    ctime_ns: Optional[int] = None
-    inode: Optional[int] = None
-    params: dict = field(default_factory=dict)
-    refused: Optional[str] = None  # why the file was not read (a symlink, a FIFO …)
-
-
-@dataclass(frozen=True)
-class Enqueued:
-    job_id: int
-    file_id: int
-    outcome: Outcome
 
 
 @dataclass(frozen=True)
@@ -95,7 +68,7 @@ def _job(row: Any) -> Job:
                row.attempts, row.created_at, row.parent_id)
 
 
-class Queue(FileRecords, Recovery):
+class Queue(Enqueue, FileRecords, Recovery):
     """One storage interface for jobs and their files; knows nothing of images, prompts or ONNX.
 
     `clock` tells the time of every state change and lease (a test's clock can run ahead); by
@@ -114,6 +87,7 @@ class Queue(FileRecords, Recovery):
         lease_seconds: float = 300.0,
         owner: Optional[str] = None,
         box_id: Optional[str] = None,
+        shared: bool = False,
         clock: Optional[Callable[[], datetime]] = None,
     ) -> None:
         self.engine = engine
@@ -127,6 +101,28 @@ class Queue(FileRecords, Recovery):
         self.owner = owner or f"{self.box_id}:{self.pid}"
         self.clock = clock or (server_clock(engine) if self.backend == "postgresql" else utcnow)
         self.blob_names = self.backend == "sqlite"  # pathnames.to_db: how a name that is not UTF-8 is kept
+        # Mode "shared": several boxes on this database. File rows are this box's (spool_box),
+        # and the claim takes only what this box can run (serve()).
+        self.shared = shared
+        self.spool_box = self.box_id if shared else ""
+        self.serves: Optional[tuple[str, tuple[str, ...]]] = None
+
+    def serve(self, model: str, tasks: Sequence[str]) -> None:
+        """Mode "shared": claim only jobs for this model and these tasks (a text-only box takes no
+        captions), and only jobs whose input is in the database or in this box's own spool."""
+        self.serves = (model, tuple(tasks))
+
+    def _mine(self) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+        """(condition, binds, expanding) that a ready job must also meet to be claimed by this box."""
+        if not self.shared:
+            return "", {}, ()
+        cond = " AND (input_in_db = 1 OR origin_box = :spool_box)"
+        binds: dict[str, Any] = {"spool_box": self.spool_box}
+        if self.serves is None:
+            return cond, binds, ()
+        model, tasks = self.serves
+        return cond + " AND model = :serve_model AND task IN :serve_tasks", \
+            {**binds, "serve_model": model, "serve_tasks": list(tasks)}, ("serve_tasks",)
 
     def now(self) -> str:
         return iso(self.clock())
@@ -136,73 +132,6 @@ class Queue(FileRecords, Recovery):
         q = settings.queue
         self.max_attempts, self.backoff_seconds = q.max_attempts, q.backoff_seconds
         self.backoff_max_seconds, self.lease_seconds = q.backoff_max_seconds, q.lease_seconds
-
-    # -- intake -------------------------------------------------------------------------
-
-    def enqueue(self, items: Sequence[NewFile], model: str) -> list[Enqueued]:
-        """Record files and create or join their jobs, all in one transaction.
-
-        Raises StoreUnavailable (nothing recorded) when the database cannot take the write.
-        """
-        now = self.now()
-        with write(self.engine) as conn:
-            return [self._enqueue_one(conn, item, model, now) for item in items]
-
-    def _enqueue_one(self, conn: Connection, item: NewFile, model: str, now: str) -> Enqueued:
-        path = to_db(item.path, self.blob_names)
-        pending = run(conn, "SELECT f.id, f.job_id, f.inode, f.size_bytes, f.mtime_ns, f.ctime_ns, j.sha256"
-                            " FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.path = :path AND f.state = 'pending'",
-                      path=path).first()
-        fingerprint: dict[str, Any] = {"inode": item.inode, "size": item.size_bytes, "mtime": item.mtime_ns,
-                                       "ctime": item.ctime_ns}
-        if pending is not None:
-            same_file = (pending.inode, pending.size_bytes, pending.mtime_ns) == (item.inode, item.size_bytes,
-                                                                                   item.mtime_ns)
-            if item.refused is None and pending.sha256 == item.sha256:
-                if not same_file or pending.ctime_ns != item.ctime_ns:
-                    # The same bytes under a new inode (copied again): the record follows the file.
-                    run(conn, "UPDATE files SET inode = :inode, size_bytes = :size, mtime_ns = :mtime,"
-                              " ctime_ns = :ctime WHERE id = :id", id=pending.id, **fingerprint)
-                return Enqueued(pending.job_id, pending.id, "known")
-            if item.refused is not None and pending.sha256 is None and same_file:
-                return Enqueued(pending.job_id, pending.id, "known")  # a refusal still waiting to be moved
-            # The file was replaced in place before its job ran: the old record no longer
-            # describes what is on disk.
-            run(conn, "UPDATE files SET state = 'superseded', settled_at = :now WHERE id = :id", now=now, id=pending.id)
-        job: dict[str, Any] = {"task": item.task, "params": canonical_params(item.params), "model": model, "now": now,
-               "source": displayable(item.path), "sha": item.sha256, "size": item.size_bytes}  # source: for people
-        outcome: Outcome
-        if item.refused is not None:
-            job_id = run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status,"
-                               " attempts, error, created_at, finished_at, next_run_at) VALUES (:task, :params, :model,"
-                               " :source, NULL, :size, 'failed', 0, :error, :now, :now, :now) RETURNING id",
-                         error=item.refused, **job).scalar_one()
-            outcome = "refused"
-        else:
-            job_id = run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status,"
-                               " attempts, created_at, next_run_at) VALUES (:task, :params, :model, :source, :sha,"
-                               " :size, 'queued', 0, :now, :now) ON CONFLICT (task, sha256, params, model)"
-                               " WHERE parent_id IS NULL DO NOTHING RETURNING id", **job).scalar()
-            outcome = "new"
-            if job_id is None:
-                job_id, outcome = self._join_existing(conn, job)
-        file_id = run(conn, "INSERT INTO files (job_id, path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
-                            " received_at) VALUES (:job, :path, :size, :mtime, :ctime, :inode, 'pending', :dup, :now)"
-                            " RETURNING id", job=job_id, path=path, dup=int(outcome == "duplicate"), now=now,
-                      **fingerprint).scalar_one()
-        return Enqueued(job_id, file_id, outcome)
-
-    def _join_existing(self, conn: Connection, job: dict[str, Any]) -> tuple[int, Outcome]:
-        row = run(conn, "SELECT id, status FROM jobs WHERE task = :task AND sha256 = :sha AND params = :params"
-                        " AND model = :model AND parent_id IS NULL", **job).one()
-        if row.status == DONE:
-            return row.id, "duplicate"
-        if row.status == FAILED:
-            # Dropping a file again is how operators say "try this once more".
-            run(conn, "UPDATE jobs SET status = 'queued', attempts = 0, solo = 0, crashes = 0, next_run_at = :now,"
-                      " finished_at = NULL, round = round + 1 WHERE id = :id", now=job["now"], id=row.id)
-            return row.id, "requeued"
-        return row.id, "attached"
 
     # -- the worker's side -------------------------------------------------------------
 
@@ -216,13 +145,15 @@ class Queue(FileRecords, Recovery):
         now = self.clock()
         params: dict[str, Any] = {"now": iso(now), "limit": limit, "owner": self.owner, "pid": self.pid,
                                   "exp": iso(now + timedelta(seconds=self.lease_seconds))}
-        ready = "status = 'queued' AND next_run_at <= :now"
+        mine, binds, expanding = self._mine()
+        params.update(binds)
+        ready = f"status = 'queued' AND next_run_at <= :now{mine}"
         # PostgreSQL: rows another box is claiming right now are skipped, not waited for; the
         # CTE is MATERIALIZED so that its LIMIT and its locks are taken once, before the update.
         lock = " FOR NO KEY UPDATE SKIP LOCKED" if self.backend == "postgresql" else ""
         with write(self.engine) as conn:
             solo = run(conn, f"SELECT id FROM jobs WHERE {ready} AND solo = 1 ORDER BY next_run_at, id LIMIT 1{lock}",
-                       now=params["now"]).scalar()
+                       expanding, now=params["now"], **binds).scalar()
             if solo is not None:
                 pick = "SELECT :solo AS id"
                 params["solo"] = solo
@@ -233,9 +164,9 @@ class Queue(FileRecords, Recovery):
                     " lease_owner = :owner, lease_pid = :pid, lease_expires_at = :exp")
             if lock:
                 rows = run(conn, f"WITH picked AS MATERIALIZED ({pick}) {take} WHERE id IN (SELECT id FROM picked)"
-                                 f" AND status = 'queued' RETURNING {_JOB_COLUMNS}", **params).all()
+                                 f" AND status = 'queued' RETURNING {_JOB_COLUMNS}", expanding, **params).all()
             else:
-                rows = run(conn, f"{take} WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}", **params).all()
+                rows = run(conn, f"{take} WHERE id IN ({pick}) RETURNING {_JOB_COLUMNS}", expanding, **params).all()
             if rows:
                 together = [r.id for r in rows] + list(mates)
                 run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(together),
@@ -261,9 +192,10 @@ class Queue(FileRecords, Recovery):
 
     def solo_waiting(self) -> bool:
         """A job that must run alone is ready (claim() will hand it out before anything else)."""
+        mine, binds, expanding = self._mine()
         with read(self.engine) as conn:
-            return run(conn, "SELECT 1 FROM jobs WHERE status = 'queued' AND next_run_at <= :now AND solo = 1 LIMIT 1",
-                       now=iso(self.clock())).scalar() is not None
+            return run(conn, f"SELECT 1 FROM jobs WHERE status = 'queued' AND next_run_at <= :now AND solo = 1{mine}"
+                             " LIMIT 1", expanding, now=iso(self.clock()), **binds).scalar() is not None
 
     def complete(self, done: Sequence[tuple[Job, ResultData]]) -> list[bool]:
         """Store results and mark their jobs done, all in one transaction.
@@ -295,8 +227,8 @@ class Queue(FileRecords, Recovery):
     def _complete_one(self, conn: Connection, job: Job, result: ResultData, now: str) -> bool:
         updated = run(conn, "UPDATE jobs SET status = 'done', finished_at = :now, error = NULL, solo = 0, crashes = 0,"
                             " lease_owner = NULL, lease_pid = NULL, lease_expires_at = NULL"
-                            " WHERE id = :id AND status = 'running' AND lease_owner = :owner",
-                      now=now, id=job.id, owner=self.owner).rowcount
+                            " WHERE id = :id AND status = 'running' AND lease_owner = :owner AND attempts = :attempt",
+                      now=now, id=job.id, owner=self.owner, attempt=job.attempts).rowcount
         if updated:
             run(conn, "INSERT INTO results (job_id, task, output, model, prompt_tokens, output_tokens, duration_ms,"
                       " created_at) VALUES (:id, :task, :output, :model, :prompt, :out, :ms, :now)"
@@ -306,6 +238,10 @@ class Queue(FileRecords, Recovery):
             end_attempts(conn, [job.id], "done", now)
             if result.spawn:
                 self._spawn(conn, job, result, now)
+            if self.shared and job.sha256:
+                # Its input is no longer needed by any box (a failed job's stays, for a retry).
+                run(conn, "DELETE FROM blobs WHERE sha256 = :sha AND NOT EXISTS (SELECT 1 FROM jobs"
+                          " WHERE sha256 = :sha AND status <> 'done')", sha=job.sha256)
         return bool(updated)
 
     @staticmethod
@@ -313,10 +249,11 @@ class Queue(FileRecords, Recovery):
         assert result.spawn is not None
         task, params = result.spawn
         data = result.output.encode("utf-8")
+        # Its input is the parent's result, in the database: any box may run it.
         run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status, attempts,"
-                  " created_at, next_run_at, parent_id) VALUES (:task, :params, :model, :source, :sha, :size,"
-                  " 'queued', 0, :now, :now, :parent) ON CONFLICT (parent_id, task) WHERE parent_id IS NOT NULL"
-                  " DO NOTHING",
+                  " created_at, next_run_at, parent_id, origin_box, input_in_db) SELECT :task, :params, :model,"
+                  " :source, :sha, :size, 'queued', 0, :now, :now, :parent, origin_box, 1 FROM jobs WHERE id = :parent"
+                  " ON CONFLICT (parent_id, task) WHERE parent_id IS NOT NULL DO NOTHING",
             task=task, params=canonical_params(params), model=parent.model, source=parent.source_path,
             sha=hashlib.sha256(data).hexdigest(), size=len(data), now=now, parent=parent.id)
 
@@ -337,9 +274,10 @@ class Queue(FileRecords, Recovery):
             updated = run(conn, "UPDATE jobs SET status = :status, error = :error, next_run_at = :next,"
                                 " finished_at = :finished, solo = 0, crashes = 0, lease_owner = NULL,"
                                 " lease_pid = NULL, lease_expires_at = NULL"
-                                " WHERE id = :id AND status = 'running' AND lease_owner = :owner",
+                                " WHERE id = :id AND status = 'running' AND lease_owner = :owner"
+                                " AND attempts = :attempt",
                           status=status, error=error, next=next_run, finished=iso(now) if final else None, id=job.id,
-                          owner=self.owner).rowcount
+                          owner=self.owner, attempt=job.attempts).rowcount
             if updated:
                 end_attempts(conn, [job.id], "failed" if final else "retry", iso(now), error)
         return status if updated else None
@@ -379,6 +317,12 @@ class Queue(FileRecords, Recovery):
             row = run(conn, "SELECT status, error, attempts FROM jobs WHERE id = :id", id=job_id).first()
         return JobState(row.status, row.error, row.attempts) if row else None
 
+    def blob(self, sha256: str) -> Optional[bytes]:
+        """Mode "shared": an input's bytes as the box that took it in stored them (None: not stored)."""
+        with read(self.engine) as conn:
+            data = run(conn, "SELECT data FROM blobs WHERE sha256 = :sha", sha=sha256).scalar()
+        return None if data is None else bytes(data)
+
     def result_output(self, job_id: int) -> Optional[str]:
         with read(self.engine) as conn:
             return run(conn, "SELECT output FROM results WHERE job_id = :id", id=job_id).scalar()
@@ -389,8 +333,10 @@ class Queue(FileRecords, Recovery):
 
     def next_ready_in(self) -> Optional[float]:
         """Seconds until the earliest queued job becomes ready (0 if one is ready), None if none."""
+        mine, binds, expanding = self._mine()
         with read(self.engine) as conn:
-            nxt = run(conn, "SELECT MIN(next_run_at) FROM jobs WHERE status = 'queued'").scalar()
+            nxt = run(conn, f"SELECT MIN(next_run_at) FROM jobs WHERE status = 'queued'{mine}", expanding,
+                      **binds).scalar()
         if nxt is None:
             return None
         return max(0.0, (parse_iso(nxt) - self.clock()).total_seconds())

@@ -214,6 +214,36 @@ MIGRATIONS: list[list[Statement]] = [
                              ("job_attempts", "NEW.job_id"), ("throughput", "NULL"))
           for op in ("INSERT", "UPDATE")),
     ],
+    # v8: mode "shared" (boxes of one site on one PostgreSQL queue). A file row belongs to the
+    # box whose spool holds it ('' on a box of its own), and a path is unique per box; a job
+    # remembers the box that queued it and whether its input is in the database (a blob, or a
+    # parent's result), which is what lets another box run it. Blobs are inputs by sha256.
+    # `boxes` says who is there and what each can run; throughput rows say whose they are.
+    [
+        "ALTER TABLE files ADD COLUMN box_id TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX files_pending_path",
+        "CREATE UNIQUE INDEX files_pending_path ON files (box_id, path) WHERE state = 'pending'",
+        "ALTER TABLE jobs ADD COLUMN origin_box TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN input_in_db INTEGER NOT NULL DEFAULT 0",
+        "UPDATE jobs SET input_in_db = 1 WHERE parent_id IS NOT NULL",
+        "ALTER TABLE throughput ADD COLUMN box_id TEXT NOT NULL DEFAULT ''",
+        {"sqlite": "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL, size_bytes INTEGER NOT NULL,"
+                   " created_at TEXT NOT NULL)",
+         "postgresql": "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL, size_bytes BIGINT NOT NULL,"
+                       " created_at TEXT NOT NULL)"},
+        """
+        CREATE TABLE boxes (
+            box_id TEXT PRIMARY KEY,
+            host TEXT,
+            pid INTEGER,
+            model TEXT,
+            provider TEXT,
+            tasks TEXT NOT NULL DEFAULT '[]',
+            started_at TEXT,
+            last_seen_at TEXT NOT NULL
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -64,8 +64,15 @@ _UNSHIPPED = "EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = {job})"
 
 
 class Stats:
-    def __init__(self, engine: Engine) -> None:
+    """`box`: whose rows these are where boxes share the database (mode "shared"; '' otherwise):
+    the runtime facts, the throughput rows and what retention may delete are that box's."""
+
+    def __init__(self, engine: Engine, box: str = "") -> None:
         self.engine = engine
+        self.box = box
+
+    def _key(self, key: str) -> str:
+        return f"{self.box}/{key}" if self.box else key
 
     def queued_by_task(self) -> dict[str, int]:
         with read(self.engine) as conn:
@@ -76,8 +83,8 @@ class Stats:
         with write(self.engine) as conn:
             run(conn, "INSERT INTO throughput (period_start, period_end, jobs_done, jobs_failed, jobs_retried, batches,"
                       " prompt_tokens, output_tokens, engine_ms, avg_wait_ms, output_tok_per_s, queued, queued_by_task,"
-                      " model, provider) VALUES (:start, :end, :done, :failed, :retried, :batches, :prompt, :out, :ms,"
-                      " :wait, :rate, :queued, :by_task, :model, :provider)",
+                      " model, provider, box_id) VALUES (:start, :end, :done, :failed, :retried, :batches, :prompt,"
+                      " :out, :ms, :wait, :rate, :queued, :by_task, :model, :provider, :box)", box=self.box,
                 start=iso(p.start), end=iso(p.end), done=p.jobs_done, failed=p.jobs_failed, retried=p.jobs_retried,
                 batches=p.batches, prompt=p.prompt_tokens, out=p.output_tokens, ms=round(p.engine_ms),
                 wait=None if p.avg_wait_ms is None else round(p.avg_wait_ms), rate=p.output_tok_per_s,
@@ -91,12 +98,26 @@ class Stats:
             for key, value in values.items():
                 run(conn, "INSERT INTO runtime (key, value, updated_at) VALUES (:key, :value, :now)"
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    key=key, value=json.dumps(value), now=now)
+                    key=self._key(key), value=json.dumps(value), now=now)
 
     def runtime(self) -> dict[str, Any]:
         with read(self.engine) as conn:
             rows = run(conn, "SELECT key, value FROM runtime").all()
-        return {key: json.loads(value) for key, value in rows}
+        if not self.box:
+            return {key: json.loads(value) for key, value in rows if "/" not in key}
+        mine = f"{self.box}/"
+        return {key[len(mine):]: json.loads(value) for key, value in rows if key.startswith(mine)}
+
+    def seen(self, box_id: str, host: str, pid: int, model: Optional[str], provider: Optional[str],
+             tasks: list[str], started_at: str) -> None:
+        """This box is alive and what it can run (mode "shared": what `edged status` lists per box)."""
+        with write(self.engine) as conn:
+            run(conn, "INSERT INTO boxes (box_id, host, pid, model, provider, tasks, started_at, last_seen_at)"
+                      " VALUES (:box, :host, :pid, :model, :provider, :tasks, :started, :now) ON CONFLICT (box_id)"
+                      " DO UPDATE SET host = excluded.host, pid = excluded.pid, model = excluded.model,"
+                      " provider = excluded.provider, tasks = excluded.tasks, started_at = excluded.started_at,"
+                      " last_seen_at = excluded.last_seen_at", box=box_id, host=host, pid=pid, model=model,
+                provider=provider, tasks=json.dumps(tasks), started=started_at, now=now_iso())
 
     def checkpoint(self, truncate_above_pages: int = 1000) -> Checkpoint:
         """Fold the WAL back into the database and let SQLite refresh its planner statistics.
@@ -128,6 +149,10 @@ class Stats:
         inode found there. Jobs whose original still sits in the inbox (settled by a copy) are kept:
         their row is what tells intake not to take the file again."""
         states = "('done', 'failed')" if include_failed else "('done')"
+        # Where boxes share the database, a box deletes only what lies in its own spool.
+        own = (" AND NOT EXISTS (SELECT 1 FROM files o WHERE o.job_id = j.id AND o.box_id <> :box)"
+               " AND (j.origin_box = :box OR EXISTS (SELECT 1 FROM files m WHERE m.job_id = j.id))"
+               if self.box else "")
         with read(self.engine) as conn:
             rows = run(
                 conn, f"SELECT j.id, f.moved_to, COALESCE(f.moved_inode, f.inode) AS inode FROM jobs j"
@@ -139,8 +164,8 @@ class Stats:
                 f"   AND (c.status NOT IN {states} OR c.finished_at >= :before OR {_UNSHIPPED.format(job='c.id')}))"
                 " AND NOT EXISTS (SELECT 1 FROM files k WHERE k.job_id = j.id AND (k.left_in_inbox = 1"
                 "   OR k.state = 'pending'))"
-                f" AND NOT {_UNSHIPPED.format(job='j.id')}"
-                " ORDER BY j.id", before=iso(before),
+                f" AND NOT {_UNSHIPPED.format(job='j.id')}{own}"
+                " ORDER BY j.id", before=iso(before), box=self.box,
             ).all()
         out: dict[int, list[MovedFile]] = {}
         for job_id, moved_to, inode in rows:
@@ -161,6 +186,12 @@ class Stats:
                              f"  AND (c.status IN ('queued', 'running') OR {_UNSHIPPED.format(job='c.id')}))"
                              f" AND NOT {_UNSHIPPED.format(job='jobs.id')}",
                        expanding=("ids",), ids=list(job_ids)).rowcount
+
+    def prune_blobs(self) -> int:
+        """Inputs no job needs any more (their jobs deleted by retention)."""
+        with write(self.engine) as conn:
+            return run(conn, "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.sha256 = blobs.sha256)"
+                       ).rowcount
 
     def prune_throughput(self, before: datetime) -> int:
         with write(self.engine) as conn:

@@ -15,4 +15,9 @@ def get(name: str) -> Task:
     return REGISTRY[name]
 
 
-__all__ = ["Assembled", "FollowUp", "InputError", "Prepared", "REGISTRY", "TASK_NAMES", "Task", "get"]
+def served(sees_images: bool) -> tuple[str, ...]:
+    """The tasks a model can run: all of them if it sees images, else those of text alone."""
+    return tuple(n for n, m in REGISTRY.items() if sees_images or not m.needs_images)
+
+
+__all__ = ["Assembled", "FollowUp", "InputError", "Prepared", "REGISTRY", "TASK_NAMES", "Task", "get", "served"]

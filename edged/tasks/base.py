@@ -46,6 +46,7 @@ class Prepared:
 
 class Task(Protocol):
     name: str
+    needs_images: bool
 
     def params_for(self, rel_parts: Sequence[str], settings: Settings) -> dict[str, Any]:
         """Job parameters implied by where the file was dropped (e.g. a language folder)."""

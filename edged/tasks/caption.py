@@ -10,6 +10,7 @@ from edged.tasks.base import Prepared, require_text, single
 from edged.tasks.images import image_request
 
 name = "caption"
+needs_images = True  # a box whose model cannot see never takes these (mode "shared")
 DEFAULT_PROMPT = "Describe this image in one sentence."
 
 

@@ -10,6 +10,7 @@ from edged.tasks.base import FollowUp, Prepared, require_text, single, tidy_line
 from edged.tasks.images import image_request
 
 name = "ocr"
+needs_images = True  # a box whose model cannot see never takes these (mode "shared")
 DEFAULT_PROMPT = (
     "Transcribe all text in this image verbatim, in reading order, keeping line breaks. "
     "Output only the text, nothing else."

@@ -18,6 +18,7 @@ from edged.tasks.chunking import reassemble, split_text
 from edged.tasks.text import decode_text
 
 name = "translate"
+needs_images = False
 # Instruction-tuned models get this inside the chat frame.
 DEFAULT_PROMPT = "Translate the following {source}text to {language}. Output only the translation.\n\n{text}"
 # Base models (the default 270M) continue a document instead of following instructions: show

@@ -43,6 +43,7 @@ class EchoEngine:
         # do); false: the delay is an engine call that hangs, silent.
         self.beats = bool(options.get("heartbeat", False))
         self.heartbeat: Any = lambda: None
+        self.sees_images = bool(options.get("sees_images", True))  # false: a text-only model
         self.calls: list[int] = []
         self.prompts: list[str] = []
 
