@@ -43,9 +43,11 @@ def cmd_submit(args: argparse.Namespace) -> ExitCode:
 
 def cmd_status(args: argparse.Namespace) -> ExitCode:
     from edged.commands import as_database_owner
-    from edged.commands.status import status
+    from edged.commands.status import fleet, status
 
     settings = _settings(args)
+    if args.fleet:
+        return fleet(settings, as_json=args.json)
     with as_database_owner(settings):
         return status(settings, as_json=args.json)
 
@@ -253,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("status", cmd_status, "queue counts, oldest queued job, last hour's throughput")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--fleet", action="store_true",
+                   help="every box shipping into the central database of ship.url (mode ship)")
 
     p = verb("results", cmd_results, "list finished jobs and their results")
     p.add_argument("--task", choices=TASK_NAMES)

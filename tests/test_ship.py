@@ -197,6 +197,9 @@ def test_a_link_down_for_the_whole_run_ships_everything_once_it_is_back(daemon_f
         assert _central_rows(fleet.url(), "SELECT box_id FROM fleet_boxes") == [(box,)]
         assert main(["status", "-c", str(d.config_path)]) == 0
         assert "0 changed rows waiting, last shipped" in capsys.readouterr().out
+        assert main(["status", "-c", str(d.config_path), "--fleet", "--json"]) == 0
+        (only,) = json.loads(capsys.readouterr().out)["boxes"]
+        assert only["box_id"] == box and only["jobs"]["done"] == 6 and only["model"] == "echo-test"
         assert d.stop() == 0
     finally:
         fleet.stop()

@@ -5,19 +5,24 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from sqlalchemy import exc
+
+from edged.box import box_id
 from edged.commands import command_parts
 from edged.commands.output import emit_json
 from edged.config import Settings
 from edged.engine.loader import model_name
-from edged.exitcodes import ExitCode
+from edged.exitcodes import CliError, ExitCode
 from edged.lock import HolderUnknown, StateLock
 from edged.pathnames import for_terminal
-from edged.store import DatabaseMissing
+from edged.store import DatabaseMissing, StoreUnavailable, open_engine
+from edged.store.central import fleet_summary
 from edged.store.outbox import Outbox
+from edged.store.postgres import shown
 from edged.store.queries import finished_between, queue_summary, site_summary, throughput_since
 from edged.store.stats import Stats
 from edged.timeutil import local_time, relative
-from edged.wiring import lock_path
+from edged.wiring import lock_path, postgres_options
 
 
 def _age(seconds: float | None) -> str:
@@ -153,4 +158,29 @@ def status(settings: Settings, as_json: bool = False) -> ExitCode:
         trouble = f"; the last try failed: {sh['last_error']}" if sh["last_error"] else ""
         print(f"shipping            to {sh['central']}: {sh['backlog_rows']} changed rows waiting, {last}{trouble}")
     print(f"spool               {info['spool_dir']} ({info['spool_free_mb']} MB free)")
+    return ExitCode.OK
+
+
+def fleet(settings: Settings, as_json: bool = False) -> ExitCode:
+    """`edged status --fleet`: every box that ships into the central database of ship.url."""
+    if not settings.ship.url:
+        raise CliError("--fleet reads the fleet's central database: set ship.url in the config", ExitCode.USAGE)
+    engine = open_engine(settings.ship.url, readonly=True, postgres=postgres_options(settings, box_id(settings)))
+    try:
+        boxes = fleet_summary(engine)
+    except (exc.OperationalError, StoreUnavailable) as error:
+        raise CliError(f"cannot use the fleet's database {shown(settings.ship.url)}: {getattr(error, 'orig', error)}",
+                       ExitCode.UNAVAILABLE) from None
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json({"central": shown(settings.ship.url), "boxes": boxes})
+        return ExitCode.OK
+    print(f"fleet               {shown(settings.ship.url)}: {len(boxes)} box(es) ship here")
+    for b in boxes:
+        j = b["jobs"]
+        print(f"  {b['box_id']:<38} last shipped {local_time(b['last_shipped_at'])} ({relative(b['last_shipped_at'])}),"
+              f" backlog {b['backlog'] if b['backlog'] is not None else '-'}  {for_terminal(b['host'] or '-')}"
+              f"  {for_terminal(b['model'] or '-')} on {b['provider'] or '-'}"
+              f"  jobs: {j['done']} done, {j['failed']} failed, {j['queued'] + j['running']} waiting")
     return ExitCode.OK

@@ -16,13 +16,13 @@ from edged.store.db import read, run
 AttemptOutcome = Literal["running", "done", "retry", "failed", "released", "interrupted"]
 
 
-def begin_attempts(conn: Connection, job_ids: Sequence[int], now: str) -> None:
-    """A claim: one open row per job, numbered as the job's attempts now count."""
+def begin_attempts(conn: Connection, job_ids: Sequence[int], now: str, box_id: str) -> None:
+    """A claim: one open row per job, numbered as the job's attempts now count, naming the box."""
     if not job_ids:
         return
-    run(conn, "INSERT INTO job_attempts (job_id, round, attempt, started_at)"
-              " SELECT id, round, attempts, :now FROM jobs WHERE id IN :ids",
-        expanding=("ids",), now=now, ids=list(job_ids))
+    run(conn, "INSERT INTO job_attempts (job_id, round, attempt, started_at, box_id)"
+              " SELECT id, round, attempts, :now, :box FROM jobs WHERE id IN :ids",
+        expanding=("ids",), now=now, ids=list(job_ids), box=box_id)
 
 
 def end_attempts(conn: Connection, job_ids: Sequence[int], outcome: AttemptOutcome, now: str,

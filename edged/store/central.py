@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from sqlalchemy import Connection, Engine, inspect, text
 
 from edged.pathnames import from_db, to_db
-from edged.store.db import run, write
+from edged.store.db import read, run, write
 from edged.store.outbox import SHIPPED, Batch
 
 # pg_advisory_xact_lock key of the central schema ("edgedflt"): boxes starting together add
@@ -127,3 +127,19 @@ def _now(conn: Connection) -> str:
     # exec_driver_sql: the format's colons are not binds.
     return conn.exec_driver_sql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
                                 ).scalar_one()
+
+
+def fleet_summary(engine: Engine) -> list[dict[str, Any]]:
+    """Every box that ships here: who, what it runs, when it last shipped, its jobs by state."""
+    with read(engine) as conn:
+        if not inspect(conn).has_table("fleet_boxes"):
+            return []
+        boxes = [dict(r) for r in run(conn, "SELECT box_id, host, model, provider, edged_version, first_shipped_at,"
+                                            " last_shipped_at, backlog FROM fleet_boxes ORDER BY box_id").mappings()]
+        counts: dict[str, dict[str, int]] = {}
+        if inspect(conn).has_table("fleet_jobs"):
+            for box, status, n in run(conn, "SELECT box_id, status, COUNT(*) FROM fleet_jobs GROUP BY box_id, status"):
+                counts.setdefault(box, {})[status] = n
+    for b in boxes:
+        b["jobs"] = {s: counts.get(b["box_id"], {}).get(s, 0) for s in ("queued", "running", "done", "failed")}
+    return boxes

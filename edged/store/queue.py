@@ -171,7 +171,7 @@ class Queue(Enqueue, FileRecords, Recovery):
                 together = [r.id for r in rows] + list(mates)
                 run(conn, "UPDATE jobs SET lease_batch = :n WHERE id IN :ids", expanding=("ids",), n=len(together),
                     ids=together)
-                begin_attempts(conn, [r.id for r in rows], params["now"])
+                begin_attempts(conn, [r.id for r in rows], params["now"], self.box_id)
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     def renew(self, job_ids: Sequence[int]) -> list[int]:
@@ -231,8 +231,8 @@ class Queue(Enqueue, FileRecords, Recovery):
                       now=now, id=job.id, owner=self.owner, attempt=job.attempts).rowcount
         if updated:
             run(conn, "INSERT INTO results (job_id, task, output, model, prompt_tokens, output_tokens, duration_ms,"
-                      " created_at) VALUES (:id, :task, :output, :model, :prompt, :out, :ms, :now)"
-                      " ON CONFLICT (job_id) DO NOTHING",
+                      " created_at, box_id) VALUES (:id, :task, :output, :model, :prompt, :out, :ms, :now, :box)"
+                      " ON CONFLICT (job_id) DO NOTHING", box=self.box_id,
                 id=job.id, task=job.task, output=result.output, model=job.model, prompt=result.prompt_tokens,
                 out=result.output_tokens, ms=result.duration_ms, now=now)
             end_attempts(conn, [job.id], "done", now)

@@ -218,7 +218,8 @@ MIGRATIONS: list[list[Statement]] = [
     # box whose spool holds it ('' on a box of its own), and a path is unique per box; a job
     # remembers the box that queued it and whether its input is in the database (a blob, or a
     # parent's result), which is what lets another box run it. Blobs are inputs by sha256.
-    # `boxes` says who is there and what each can run; throughput rows say whose they are.
+    # `boxes` says who is there and what each can run; throughput rows, results and attempts say
+    # whose they are.
     [
         "ALTER TABLE files ADD COLUMN box_id TEXT NOT NULL DEFAULT ''",
         "DROP INDEX files_pending_path",
@@ -227,6 +228,9 @@ MIGRATIONS: list[list[Statement]] = [
         "ALTER TABLE jobs ADD COLUMN input_in_db INTEGER NOT NULL DEFAULT 0",
         "UPDATE jobs SET input_in_db = 1 WHERE parent_id IS NOT NULL",
         "ALTER TABLE throughput ADD COLUMN box_id TEXT NOT NULL DEFAULT ''",
+        # Which box ran it (its box_id): written by every box, in every mode.
+        "ALTER TABLE results ADD COLUMN box_id TEXT",
+        "ALTER TABLE job_attempts ADD COLUMN box_id TEXT",
         {"sqlite": "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL, size_bytes INTEGER NOT NULL,"
                    " created_at TEXT NOT NULL)",
          "postgresql": "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL, size_bytes BIGINT NOT NULL,"
