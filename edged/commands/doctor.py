@@ -44,6 +44,8 @@ def _database(settings: Settings) -> tuple[str, str]:
     try:
         return _database_state(settings)
     except Exception as exc:  # not SQLite's, damaged, or unreadable in a way nothing names
+        if not settings.database_url.startswith("sqlite"):
+            return FAIL, f"{type(exc).__name__}: {str(exc).splitlines()[0]}; fix: see the server's log"
         return FAIL, (f"{type(exc).__name__}: {str(exc).splitlines()[0]}; fix: stop the daemon, keep the file aside"
                       f" (mv {settings.database_url.removeprefix('sqlite:///')} …) and restore a backup, or let the"
                       " daemon start a new one")
@@ -62,11 +64,12 @@ def _database_state(settings: Settings) -> tuple[str, str]:
                ExitCode.DATABASE: "run the edged that made it (a newer one), or restore an older backup of the"
                                   " database"}.get(exc.code, "see the message")
         return FAIL, f"{exc}; fix: {fix}"
+    from edged.store.postgres import shown
     from edged.store.queries import queue_summary
     from edged.store.schema import SCHEMA_VERSION
 
     info = queue_summary(parts.queue.engine)
-    detail = f"{settings.database_url} (schema v{SCHEMA_VERSION})"
+    detail = f"{shown(settings.database_url)} (schema v{SCHEMA_VERSION})"
     if info["files_unsettled"]:
         return WARN, (f"{detail}; {info['files_unsettled']} finished files could not be moved out of the inbox"
                       " (their reason: SELECT path, settle_error FROM files WHERE settle_error IS NOT NULL"

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from edged.commands import command_parts
 from edged.config import Settings
 from edged.exitcodes import CliError, EdgedError, ExitCode
+from edged.store.postgres import shown
 from edged.store.stats import Stats
 
 
@@ -48,8 +49,9 @@ def reload(settings: Settings, pid: Optional[int], timeout: float) -> ExitCode:
         # The edited file names another database than the one the daemon uses (state_dir or
         # database changed: keys that wait for a restart), so its word cannot be read here.
         _signal(pid)
-        print(f"signalled pid {pid}; not waiting for its word: this config's database ({settings.database_url}) is"
-              " not the one it runs on (state_dir or database changed: restart the service for those)")
+        print(f"signalled pid {pid}; not waiting for its word: this config's database"
+              f" ({shown(settings.database_url)}) is not the one it runs on (state_dir or database changed:"
+              " restart the service for those)")
         return ExitCode.OK
     # The daemon counts its reloads: wait for one past the count now (a clock could step).
     last = runtime.get("reload")

@@ -17,6 +17,7 @@ from edged.config import Settings
 from edged.exitcodes import CliError, ExitCode
 from edged.pathnames import for_csv, for_terminal
 from edged.store import DatabaseMissing
+from edged.store.postgres import shown
 from edged.store.queries import list_results
 from edged.timeutil import local_time, parse_iso, parse_since, utcnow
 
@@ -213,7 +214,7 @@ def results(settings: Settings, *, task: Optional[str], since: Optional[str], st
     start = utcnow()  # before the first read: what changes after it, a follower prints
     rows = _fetch(settings, task=task, status=status, since=since_dt, limit=limit or None)
     if rows is None:
-        print(f"edged: no database at {settings.database_url} yet: the daemon creates it when it first starts",
+        print(f"edged: no database at {shown(settings.database_url)} yet: the daemon creates it when it first starts",
               file=sys.stderr)
         rows = []
     if not follow:

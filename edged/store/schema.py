@@ -18,7 +18,7 @@ from typing import Optional, Union
 from sqlalchemy import Connection, Engine, inspect
 
 from edged.exitcodes import EdgedError, ExitCode
-from edged.store.db import Backend, backend, read, run, write
+from edged.store.db import Backend, DatabaseMissing, backend, read, run, write
 from edged.store.postgres import MIGRATION_LOCK
 from edged.timeutil import now_iso
 
@@ -321,7 +321,8 @@ def require_current(engine: Engine) -> None:
     """For the operator's commands: the schema as this edged knows it, or a message naming the fix."""
     have = current_version(engine)
     if have == 0:
-        raise SchemaMismatch("the database has no edged tables yet: the daemon creates them when it first starts")
+        # Not the operator's trouble: an empty file, or a server database no daemon has started on.
+        raise DatabaseMissing("the database has no edged tables yet: the daemon creates them when it first starts")
     if have < SCHEMA_VERSION:
         raise SchemaMismatch(f"the database is at schema v{have}, this edged expects v{SCHEMA_VERSION}: restart the"
                              " daemon once (only the daemon migrates), then run this again")
