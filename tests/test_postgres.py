@@ -173,3 +173,21 @@ def test_the_daemon_and_the_commands_on_postgresql(daemon_factory, pg_url: str, 
     assert status["jobs"]["done"] == 3 and status["jobs"]["failed"] == 1
     assert main(["results", "-c", str(d.config_path), "--format", "csv"]) == 0
     assert capsys.readouterr().out.count("translate") >= 3
+
+
+def test_doctor_and_status_before_the_first_start_on_a_server(tmp_path, pg_url: str, capsys) -> None:
+    """A server database no daemon has started on yet is a warning, not a broken schema; the
+    password in the URL is never printed."""
+    import yaml
+
+    from conftest import base_config
+
+    url = pg_url.replace("postgres@", "postgres:s3cret@")  # trust auth: the password is not checked
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(base_config(tmp_path, database=url)))
+    main(["doctor", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.split()[1:2] == ["database"])
+    assert line.startswith("warn") and "no edged tables yet" in line and "s3cret" not in out
+    assert main(["status", "-c", str(cfg)]) == 0
+    assert "s3cret" not in capsys.readouterr().out
