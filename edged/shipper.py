@@ -78,8 +78,7 @@ class Shipper:
             self._central = central
         return self._central
 
-    def _facts(self, backlog: int) -> dict[str, Any]:
-        runtime = Stats(self.local).runtime()
+    def _facts(self, runtime: dict[str, Any], backlog: int) -> dict[str, Any]:
         return {"host": socket.gethostname(), "model": runtime.get("model"), "provider": runtime.get("provider"),
                 "edged_version": _version(), "backlog": backlog, "json": json.dumps(runtime, sort_keys=True)}
 
@@ -89,11 +88,15 @@ class Shipper:
         deadline = time.monotonic() + max_seconds
         try:
             central = self._connect()
+            # Counted once a round, not per batch: a backlog of days would make each count a scan.
+            backlog = self.outbox.state().backlog
+            runtime = Stats(self.local).runtime()
             while True:
                 batch = self.outbox.pending(self.batch_rows)
                 if batch.empty:
                     break
-                rows += central.upsert(batch, self._facts(self.outbox.state().backlog - batch.entries))
+                backlog = max(backlog - batch.entries, 0)
+                rows += central.upsert(batch, self._facts(runtime, backlog))
                 self.after_upsert()
                 self.outbox.shipped(batch, now_iso())
                 batches += 1
