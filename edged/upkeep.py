@@ -39,7 +39,7 @@ def retention(stats: Stats, files: SpoolFiles, cfg: RetentionSettings) -> tuple[
                 log.warning("retention_file_error", file=rel, error=str(exc))
     jobs = stats.delete_jobs([job_id for job_id, _ in expired])
     periods = stats.prune_throughput(cutoff)
-    blobs = stats.prune_blobs() if jobs else 0
+    blobs = stats.prune_blobs()
     if jobs or removed or periods:
         log.info("retention", days=cfg.days, jobs_deleted=jobs, files_deleted=removed,
                  throughput_rows_deleted=periods, blobs_deleted=blobs)

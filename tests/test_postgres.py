@@ -191,3 +191,25 @@ def test_doctor_and_status_before_the_first_start_on_a_server(tmp_path, pg_url: 
     assert line.startswith("warn") and "no edged tables yet" in line and "s3cret" not in out
     assert main(["status", "-c", str(cfg)]) == 0
     assert "s3cret" not in capsys.readouterr().out
+
+
+def test_a_shared_queue_keeps_an_input_only_while_a_job_needs_it(pg_url: str) -> None:
+    a = open_queue(pg_url, box_id="box-a", shared=True, backoff_seconds=0)
+    b = Queue(a.engine, box_id="box-b", shared=True, backoff_seconds=0)
+    b.serve("m", ["ocr"])
+    img = NewFile("ocr", "ocr/p.png", "s1", size_bytes=3, data=b"png")
+    (first,) = a.enqueue([img], "m")
+    assert b.blob("s1") == b"png"
+    (job,) = b.claim(1)  # box-b runs box-a's job from the blob
+    assert b.files_of([job.id])[job.id] == []  # and sees none of box-a's files
+    assert b.complete([(job, ResultData("text"))]) == [True]
+    assert b.blob("s1") is None  # done: no box needs the bytes
+    (again,) = b.enqueue([NewFile("ocr", "ocr/p.png", "s1", size_bytes=3, data=b"png")], "m")
+    assert again.outcome == "duplicate" and b.blob("s1") is None  # a duplicate of a done job stores nothing
+    (bad,) = a.enqueue([NewFile("ocr", "ocr/q.png", "s2", size_bytes=3, data=b"bad")], "m")
+    (job2,) = b.claim(1)
+    b.fail(job2, "unreadable", permanent=True)
+    assert b.blob("s2") == b"bad"  # failed: kept for a retry
+    # Each box settles only the files in its own spool: box-a its two, box-b its duplicate.
+    assert sorted(f.id for f, _ in a.unsettled()) == [first.file_id, bad.file_id]
+    assert [f.id for f, _ in b.unsettled()] == [again.file_id]

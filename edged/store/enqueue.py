@@ -99,7 +99,7 @@ class Enqueue:
                          error=item.refused, **job).scalar_one()
             outcome = "refused"
         else:
-            in_db = item.data is not None and self._keep_blob(conn, item.sha256, item.data, now)
+            in_db = item.data is not None and item.sha256 is not None
             job_id = run(conn, "INSERT INTO jobs (task, params, model, source_path, sha256, size_bytes, status,"
                                " attempts, created_at, next_run_at, origin_box, input_in_db) VALUES (:task, :params,"
                                " :model, :source, :sha, :size, 'queued', 0, :now, :now, :origin, :in_db)"
@@ -108,8 +108,11 @@ class Enqueue:
             outcome = "new"
             if job_id is None:
                 job_id, outcome = self._join_existing(conn, job)
-                if in_db:  # joined a job another box queued without its bytes (too large for a blob there)
+                if in_db and outcome != "duplicate":
+                    # Another box may have queued it without its bytes (over the input limit there).
                     run(conn, "UPDATE jobs SET input_in_db = 1 WHERE id = :id", id=job_id)
+            if in_db and outcome != "duplicate":  # a done job's input is needed by no box
+                self._keep_blob(conn, item.sha256, item.data, now)
         file_id = run(conn, "INSERT INTO files (job_id, path, size_bytes, mtime_ns, ctime_ns, inode, state, duplicate,"
                             " received_at, box_id) VALUES (:job, :path, :size, :mtime, :ctime, :inode, 'pending', :dup,"
                             " :now, :box) RETURNING id", box=self.spool_box, job=job_id, path=path,
@@ -129,10 +132,8 @@ class Enqueue:
         return row.id, "attached"
 
     @staticmethod
-    def _keep_blob(conn: Connection, sha256: Optional[str], data: bytes, now: str) -> bool:
+    def _keep_blob(conn: Connection, sha256: Optional[str], data: Optional[bytes], now: str) -> None:
         """Store an input's bytes by their sha256 (once: the same content from two boxes is one blob)."""
-        if sha256 is None:
-            return False
+        assert sha256 is not None and data is not None
         run(conn, "INSERT INTO blobs (sha256, data, size_bytes, created_at) VALUES (:sha, :data, :size, :now)"
                   " ON CONFLICT (sha256) DO NOTHING", sha=sha256, data=data, size=len(data), now=now)
-        return True

@@ -188,10 +188,11 @@ class Stats:
                        expanding=("ids",), ids=list(job_ids)).rowcount
 
     def prune_blobs(self) -> int:
-        """Inputs no job needs any more (their jobs deleted by retention)."""
+        """Inputs no job needs any more: every job of that content done, or deleted by retention (a
+        failed job's stays, for a retry). Completion deletes its own; this catches the rest."""
         with write(self.engine) as conn:
-            return run(conn, "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.sha256 = blobs.sha256)"
-                       ).rowcount
+            return run(conn, "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.sha256 = blobs.sha256"
+                             " AND jobs.status <> 'done')").rowcount
 
     def prune_throughput(self, before: datetime) -> int:
         with write(self.engine) as conn:
