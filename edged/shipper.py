@@ -14,11 +14,11 @@ import json
 import socket
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Optional
 
 from sqlalchemy import Engine, exc
 
+from edged import __version__
 from edged.logs import get_logger
 from edged.store import StoreUnavailable, open_engine
 from edged.store.central import Central, CentralMismatch, local_columns
@@ -37,13 +37,6 @@ class Round:
     batches: int
     backlog: int  # outbox rows left
     error: Optional[str] = None
-
-
-def _version() -> str:
-    try:
-        return metadata.version("edged")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class Shipper:
@@ -80,7 +73,7 @@ class Shipper:
 
     def _facts(self, runtime: dict[str, Any], backlog: int) -> dict[str, Any]:
         return {"host": socket.gethostname(), "model": runtime.get("model"), "provider": runtime.get("provider"),
-                "edged_version": _version(), "backlog": backlog, "json": json.dumps(runtime, sort_keys=True)}
+                "edged_version": __version__, "backlog": backlog, "json": json.dumps(runtime, sort_keys=True)}
 
     def round(self, max_seconds: float = 60.0) -> Round:
         """Ship until the outbox is empty or `max_seconds` have passed; never raises for the central side."""
