@@ -186,3 +186,25 @@ def test_submit_as_a_producer_gives_the_daemon_a_file_it_can_read(box: Path) -> 
     st = done.stat()
     assert st.st_uid == users.uid(users.PRODUCER) and stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == users.gid()
     assert d.stop() == 0
+
+
+def test_the_daemon_on_a_shared_postgresql_queue_as_its_own_user(box: Path, pg_url: str) -> None:
+    """Mode shared as the service meets it: the daemon as its own user with UMask=0007, a producer's
+    files (one unreadable to the daemon), the box's name made by the daemon, status by a producer."""
+    d = _daemon(box, database=pg_url, shared=True)
+    d.start(umask=0o007)
+    _producer(box, "printf 'Bonjour.\\n' > translate/a.txt && printf 'x' > translate/secret.txt"
+                   " && chmod 600 translate/secret.txt", umask=0o007)
+    _settled(d, 2)
+    jobs = dict(d.query("SELECT source_path, status FROM jobs"))
+    assert jobs == {"translate/a.txt": "done", "translate/secret.txt": "failed"}
+    assert "may not read it" in d.query("SELECT error FROM jobs WHERE source_path = 'translate/secret.txt'")[0][0]
+    assert d.proc is not None and d.proc.poll() is None
+    assert (box / "spool" / "done" / "translate" / "a.txt").exists()
+    assert (box / "spool" / "failed" / "translate" / "secret.txt").exists()  # kept, not lost
+    made = box / "state" / "box_id"
+    assert made.stat().st_uid == users.uid(users.DAEMON) and not made.stat().st_mode & 0o007
+    assert d.query("SELECT box_id FROM boxes") == [(made.read_text().strip(),)]
+    res = _edged_as(users.PRODUCER, box, "status")
+    assert res.returncode == 0 and "site boxes" in res.stdout, res.stderr
+    assert d.stop() == 0
