@@ -11,6 +11,12 @@ tools come from llama-cpp-python's sdist built with cmake, AMX off (FACTS.md has
 times; medians. Ratios are edged ÷ llama.cpp (higher is better for edged). The last line is
 key=value: pp512_ratio tg_ratio tg_d1024_ratio b8_d512_ratio … jobs_per_hour_ratio (NA when a
 tool is missing).
+
+Both engines run with the same memory setting: by default the script restarts itself once with
+glibc's huge-page tunable (as `edged run` and the systemd unit do; edged/hugepages.py), so the
+llama.cpp tools inherit it too; `--huge-pages off` measures both on small pages. llama.cpp
+is given its faster load mode on this box: a probe at the start times `-lm mmap` (its default)
+against `-lm none` (weights copied onto the heap, where the huge pages are) and keeps the better.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from edged import hugepages
 from edged.engine.generate import GenParams
 from edged.engine.onnx import DecodeSettings, OnnxEngine
 from edged.engine.session import SessionSettings
@@ -43,10 +51,13 @@ def find_bin(given: Optional[str]) -> Path:
     return Path(hits[-1])
 
 
+LOAD_MODE = ["-lm", "mmap"]  # llama.cpp's load mode; main() keeps the faster of mmap and none
+
+
 def llama_bench(bins: Path, gguf: Path, threads: int, p: int, n: int, d: int) -> float:
     """llama-bench's own t/s for one test (pp when n == 0, else tg at depth d)."""
     cmd = [str(bins / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(p), "-n", str(n),
-           "-d", str(d), "-r", "2", "-o", "json"]
+           "-d", str(d), "-r", "2", "-o", "json", *LOAD_MODE]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -57,7 +68,8 @@ def batched_bench(bins: Path, gguf: Path, threads: int, npp: int, ntg: int, npl:
     if not tool.exists():
         return None
     cmd = [str(tool), "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-c", str(npl * (npp + ntg) + 64),
-           "-b", "2048", "-ub", "512", "-npp", str(npp), "-ntg", str(ntg), "-npl", str(npl), "--output-format", "jsonl"]
+           "-b", "2048", "-ub", "512", "-npp", str(npp), "-ntg", str(ntg), "-npl", str(npl), "--output-format", "jsonl",
+           *LOAD_MODE]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return float(rows[-1]["speed_tg"]) if rows else None
@@ -124,9 +136,25 @@ def main() -> int:
     ap.add_argument("--engine", default="fused", choices=["fused", "traced"])
     ap.add_argument("--jobs", type=int, default=200, help="translation jobs for the queue figure (0: skip)")
     ap.add_argument("--quick", action="store_true", help="skip the 4096-deep figure")
+    ap.add_argument("--huge-pages", choices=["on", "off"], default="on",
+                    help="both engines on 2 MiB heap pages (glibc's tunable, as the service runs) or not")
     args = ap.parse_args()
+    if args.huge_pages == "on":
+        hugepages.ensure()  # a re-exec: the llama.cpp tools started below inherit the tunable
+    elif hugepages.has_tunable(os.environ):
+        os.execve(sys.executable, list(sys.orig_argv), {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
     configure_logging("warning", "console")
     bins, gguf = find_bin(args.llama_bin), Path(args.gguf)
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')} (both engines); THP {hugepages.thp_mode()}",
+          flush=True)
+    probe = {mode: [] for mode in ("mmap", "none")}
+    for _ in range(2):
+        for mode in probe:
+            LOAD_MODE[1] = mode
+            probe[mode].append(llama_bench(bins, gguf, args.threads, 0, 64, 0))
+    LOAD_MODE[1] = max(probe, key=lambda m: max(probe[m]))
+    print("llama.cpp load mode: " + ", ".join(f"{m} {max(v):.1f} tok/s" for m, v in probe.items())
+          + f" -> -lm {LOAD_MODE[1]}", flush=True)
     ed = Edged(Path(args.model), args.threads, args.engine)
     ed.decode(1, 32, 8)  # warm-up
     t = args.threads
@@ -162,7 +190,7 @@ def main() -> int:
         from vs_llamacpp_jobs import jobs_per_hour
 
         ed.engine.close()
-        got = jobs_per_hour(Path(args.model), bins, gguf, t, args.jobs)
+        got = jobs_per_hour(Path(args.model), bins, gguf, t, args.jobs, LOAD_MODE)
         if got is not None:
             ours, theirs = got
             jobs_ratio = f"{ours / theirs:.2f}"

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -130,13 +130,14 @@ def prompts(model: Path, jobs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return bodies
 
 
-def server_run(bins: Path, gguf: Path, bodies: list[dict[str, Any]], threads: int) -> Optional[float]:
+def server_run(bins: Path, gguf: Path, bodies: list[dict[str, Any]], threads: int,
+               load_mode: Sequence[str] = ()) -> Optional[float]:
     tool = bins / "llama-server"
     if not tool.exists():
         return None
     port = _free_port()
     proc = subprocess.Popen([str(tool), "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-np", "8", "-cb",
-                             "-c", str(8 * 2048), "--port", str(port), "--host", "127.0.0.1"],
+                             *load_mode, "-c", str(8 * 2048), "--port", str(port), "--host", "127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -165,11 +166,12 @@ def server_run(bins: Path, gguf: Path, bodies: list[dict[str, Any]], threads: in
         proc.wait(timeout=60)
 
 
-def jobs_per_hour(model: Path, bins: Path, gguf: Path, threads: int, n: int) -> Optional[tuple[float, float]]:
+def jobs_per_hour(model: Path, bins: Path, gguf: Path, threads: int, n: int,
+                  load_mode: Sequence[str] = ()) -> Optional[tuple[float, float]]:
     """(edged, llama-server) jobs per hour on the same queue; None when llama-server is missing."""
     jobs = texts(n)
     bodies = prompts(model, jobs)
-    theirs = server_run(bins, gguf, bodies, threads)
+    theirs = server_run(bins, gguf, bodies, threads, load_mode)
     if theirs is None:
         return None
     ours = edged_run(model, jobs, threads)

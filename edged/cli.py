@@ -23,9 +23,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> ExitCode:
+    from edged import hugepages
     from edged.daemon import Daemon
 
-    return Daemon(_settings(args)).run()
+    settings = _settings(args)
+    if settings.model.huge_pages:
+        hugepages.ensure()  # returns only when no re-exec is needed
+    return Daemon(settings).run()
 
 
 def cmd_init(args: argparse.Namespace) -> ExitCode:

@@ -70,6 +70,7 @@ class ModelSettings(_Section):
     decoder: Literal["auto", "fused", "traced"] = "auto"
     context: int = Field(0, ge=0)  # positions per KV slot; 0: the model's context
     prefill_chunk: int = Field(256, ge=16, le=8192)
+    huge_pages: bool = True  # `edged run` re-executes itself with glibc's THP tunable (edged/hugepages.py)
     max_new_tokens: int = live(256, ge=1, le=32768)
     threads: int = Field(0, ge=0)  # 0: every core this process may use
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"

@@ -18,6 +18,7 @@ from edged.engine.images import batch_pixels, pan_and_scan
 from edged.engine.session import SessionSettings, choose_provider, open_session
 from edged.engine.slots import SlotGenerator
 from edged.engine.tokenizer import GemmaTokenizer
+from edged.hugepages import anon_huge_mb
 from edged.logs import get_logger
 from edged.models.manifest import Manifest, ManifestError
 
@@ -104,7 +105,7 @@ class OnnxEngine:
         log.info("model_loaded", model=m.name, weights=m.weights, provider=got, reason=why,
                  load_s=round(self.load_s, 2), context=m.text.context_length, chat=m.instruction_tuned,
                  decoder="fused" if fused else "traced", slots=decode.slots if fused else None,
-                 kv_reserved_mb=round(kv / 2**20) if kv else None)
+                 kv_reserved_mb=round(kv / 2**20) if kv else None, anon_huge_mb=anon_huge_mb())
 
     @property
     def sees_images(self) -> bool:
