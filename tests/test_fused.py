@@ -206,10 +206,17 @@ def test_the_engine_takes_the_fused_decoder_for_text_and_the_traced_one_when_ask
     assert [g.text for g in fused.generate(reqs)] == [g.text for g in traced.generate(reqs)]
 
 
-def test_a_vision_model_keeps_the_traced_decoder() -> None:
-    folder = built_model(TINY_VLM, weights="fp32")
-    m = Manifest.load(folder)
-    assert not m.graphs.get("decoder_fused")
+def test_fused_is_refused_for_a_model_without_one(tmp_path: Path) -> None:
+    """A model exported before the fused decoder (or an imported release) has none: asking for it
+    is a clear refusal, auto runs the traced one."""
+    import json
+    import shutil
+
+    folder = tmp_path / "old"
+    shutil.copytree(built_model(TINY_VLM, weights="fp32"), folder)
+    data = json.loads((folder / "edged-model.json").read_text())
+    data["graphs"]["decoder_fused"] = None
+    (folder / "edged-model.json").write_text(json.dumps(data))
     session = SessionSettings(provider="cpu", threads=1)
     assert isinstance(OnnxEngine(folder, session).generator, Generator)
     with pytest.raises(ModelUnavailable, match="no fused decoder"):

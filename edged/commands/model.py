@@ -93,6 +93,14 @@ def info(folder: Path, as_json: bool = False) -> ExitCode:
     return ExitCode.OK
 
 
+def _layout(m: Manifest) -> str:
+    if m.windowed:
+        return "fused decoder"
+    if m.fused:
+        return "fused decoder, masked for image prompts: every layer keeps the whole context"
+    return "traced decoder: every layer keeps the whole context"
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -110,7 +118,7 @@ def print_info(m: Manifest, folder: Path) -> None:
     window = f" + {_mib(m.kv_window_bytes)} for the sliding layers' windows" if m.kv_window_bytes else ""
     print(f"context        {t.context_length} tokens; KV cache {m.kv_bytes_per_token:,} bytes/token{window}, "
           f"{_mib(m.kv_bytes())} per sequence at full context "
-          f"({'fused decoder' if m.fused else 'traced decoder: every layer keeps the whole context'})")
+          f"({_layout(m)})")
     print(f"vision         {'yes' if m.vision else 'no'}")
     files = ", ".join(f"{name} ({_mib(meta['bytes'])})" for name, meta in m.files.items())
     print(f"files          {files}")

@@ -48,7 +48,7 @@ class OnnxEngine:
         if missing:
             raise ModelUnavailable(f"{model_dir}: missing {', '.join(missing)}")
         decode = decode or DecodeSettings()
-        fused = m.graphs.get("decoder_fused") if decode.decoder != "traced" and not m.graphs.get("vision") else None
+        fused = m.graphs.get("decoder_fused") if decode.decoder != "traced" else None
         want, why = choose_provider(session)
         self.embed, got = open_session(model_dir / m.graph("embed"), session, want)
         if fused and got != "cpu" and decode.decoder == "auto":
@@ -83,8 +83,8 @@ class OnnxEngine:
         self.generator: Union[Generator, SlotGenerator]
         if decode.decoder == "fused" and not fused:
             raise ModelUnavailable(f"{model_dir}: model.decoder is fused, but {m.name} has no fused decoder"
-                                   " (vision models and imported releases have none; re-export a text model"
-                                   " with this edged, or set model.decoder: auto)")
+                                   " (imported releases and models exported before it have none; re-export"
+                                   " the model with this edged, or set model.decoder: auto)")
         # With slots, one call takes any number of prompts and keeps the slots full (continuous batching).
         self.continuous = bool(fused)
         if fused:
@@ -189,12 +189,12 @@ class OnnxEngine:
         """Queue one request; it joins the running rows at the next free slot. Returns its ticket.
         Raises RequestError for a request that can never run (nothing is queued then)."""
         gen = self._slots()
-        if request.images:
-            self.views(request)  # a model without a vision encoder says so
-            raise RequestError(f"model {self.name} runs text through its fused decoder: it cannot read images")
+        views = self.views(request)  # a model without a vision encoder says so
+        features = self.image_features([views])
+        gen.add(self._next_ticket, self.prompt_ids(request, views), self._params(request), None,
+                features[0] if features else None)
         ticket = self._next_ticket
         self._next_ticket += 1
-        gen.add(ticket, self.prompt_ids(request, []), self._params(request))
         self._stops[ticket] = request.stop
         return ticket
 

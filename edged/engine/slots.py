@@ -12,6 +12,10 @@ preallocated buffers that one IO binding per batch width points at; the embeddin
 writes straight into the decoder's input. A greedy row reads one int64; only sampling rows
 look at logits.
 
+A vision model's graph is masked (models/masks.py): image tokens attend to each other both
+ways, so attention follows bias inputs built here at every call, every layer keeps the whole
+context, and a prompt chunk never ends inside an image.
+
 Rows are bound as contiguous ranges of the slot buffers (by pointer, so the same code serves
 a device buffer). Free rows inside a range decode a throw-away token at position 0, which is
 harmless: their next prompt starts the slot afresh. A row still being prefilled must not be
@@ -30,6 +34,7 @@ import onnxruntime as ort
 
 from edged.engine.api import BatchTiming, RequestError
 from edged.engine.generate import GenParams, Scored, SeqOut, _choose, repeating
+from edged.models import masks
 from edged.models.manifest import WINDOW_SLACK, Manifest
 
 
@@ -44,6 +49,8 @@ class _Row:
     length: int = 0  # positions in the cache
     token: int = -1  # the token to feed at the next decode step
     prefilled: bool = False
+    features: Optional[np.ndarray] = None  # image features, one row per image soft token, in order
+    runs: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each image's tokens
 
 
 @dataclass
@@ -69,10 +76,13 @@ class SlotGenerator:
         self.context = min(context or t.context_length, t.context_length)
         self.chunk = max(1, chunk)
         self.eos = set(manifest.tokens.eos)
-        window = t.sliding_window + WINDOW_SLACK - 1
-        self.caps = [window if kind == "sliding_attention" else self.context for kind in t.layer_types]
-        self.kv_shape = (t.num_kv_heads, t.head_dim)
         types = {i.name: i.type for i in decoder.get_inputs()}
+        self.masked = masks.GLOBAL in types
+        window = t.sliding_window + WINDOW_SLACK - 1
+        self.caps = [window if kind == "sliding_attention" and not self.masked else self.context
+                     for kind in t.layer_types]
+        self.bias = masks.DecodeBias(self.slots, self.context, t.sliding_window) if self.masked else None
+        self.kv_shape = (t.num_kv_heads, t.head_dim)
         self.kv_dtype = np.float16 if types.get("past_key_values.0.key") == "tensor(float16)" else np.float32
         self.kv: list[ort.OrtValue] = []  # layer-major: key, value
         for cap in self.caps:
@@ -152,13 +162,19 @@ class SlotGenerator:
     def _prefill_chunk(self, row: _Row) -> Optional[tuple[np.ndarray, int]]:
         """Feed the next chunk of `row`'s prompt; at its end, (last logits, greedy token)."""
         begin = row.length
-        piece = np.asarray(row.prompt[begin:begin + self.chunk], dtype=np.int64)[None]
+        total = masks.chunk_end(begin, self.chunk, len(row.prompt), row.runs)
+        piece = np.asarray(row.prompt[begin:total], dtype=np.int64)[None]
         embeds = self.embed.run(None, {"input_ids": piece})[0].astype(np.float32, copy=False)
-        total = begin + piece.shape[1]
+        if row.features is not None:
+            masks.place_features(embeds[0], row.features, row.runs, begin, total)
         b = self.decoder.io_binding()
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds))
         b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        if self.masked:
+            pair = masks.prefill(begin, total, self.m.text.sliding_window, row.runs)
+            for name, bias in zip((masks.GLOBAL, masks.SLIDING), pair, strict=True):
+                b.bind_cpu_input(name, bias)
         v = self.buf.logits.shape[-1]
         logits = np.empty((1, 1, v), np.float32)
         if self.device_choice:
@@ -212,7 +228,12 @@ class SlotGenerator:
                 total = max(total, row.length)
             f.total[()] = total
             self._embed_into(start, n)
-            self.decoder.run_with_iobinding(self._decode_binding(start, n))
+            b = self._decode_binding(start, n)
+            if self.bias is not None:
+                lengths = [int(f.seqlens[s]) + 1 for s in range(start, start + n)]
+                for name, bias in self.bias.fill(lengths, total).items():
+                    b.bind_input(name, "cpu", 0, np.float32, list(bias.shape), bias.ctypes.data)
+            self.decoder.run_with_iobinding(b)
             greedy = self._choose_on_device(start, n) if self.device_choice else [-1] * n
             for s in range(start, start + n):
                 row = rows[s]
@@ -283,15 +304,13 @@ class SlotGenerator:
     def run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams],
             features: Optional[list[Optional[np.ndarray]]] = None) -> tuple[list[SeqOut], BatchTiming]:
         """All prompts, at most `slots` at a time; a finished row's slot goes to the next prompt."""
-        if features and any(f is not None for f in features):
-            raise RequestError("the fused decoder takes text prompts only")
         if self.busy():
             raise RuntimeError("run() while a stream of submitted rows is in flight")
         for prompt in prompts:
             self._check(prompt)
         outs = [SeqOut(prompt_tokens=len(p)) for p in prompts]
         for i, (p, gp) in enumerate(zip(prompts, params, strict=True)):
-            self.add(i, p, gp, outs[i])
+            self.add(i, p, gp, outs[i], features[i] if features else None)
         timing = self.timing = BatchTiming()
         beat = time.monotonic()
         try:
@@ -306,11 +325,21 @@ class SlotGenerator:
 
     # -- the stream: rows added at any time, one scheduling step at a time -----------------------
 
-    def add(self, index: int, prompt: Sequence[int], params: GenParams, out: Optional[SeqOut] = None) -> _Row:
-        """Queue one prompt; it takes the next free slot. Raises RequestError for one that cannot run."""
+    def add(self, index: int, prompt: Sequence[int], params: GenParams, out: Optional[SeqOut] = None,
+            features: Optional[np.ndarray] = None) -> _Row:
+        """Queue one prompt (`features`: its image features, a row per image soft token); it takes
+        the next free slot. Raises RequestError for one that cannot run."""
         self._check(prompt)
+        runs = masks.image_runs(prompt, self.m.tokens.image_soft_token) if features is not None else []
+        if features is not None:
+            if not self.masked:
+                raise RequestError("this fused decoder takes text prompts only (a text model's)")
+            if sum(stop - start for start, stop in runs) != len(features):
+                raise RequestError(f"{sum(b - a for a, b in runs)} image token slots for {len(features)} image"
+                                   " feature rows")
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
-        row = _Row(index, prompt, params, rng, out or SeqOut(prompt_tokens=len(prompt)))
+        row = _Row(index, prompt, params, rng, out or SeqOut(prompt_tokens=len(prompt)),
+                   features=None if features is None else np.asarray(features, np.float32), runs=runs)
         self.waiting.append(row)
         return row
 

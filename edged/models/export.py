@@ -232,15 +232,13 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
         progress("exporting decoder_model_merged.onnx")
         graphs.export_decoder(loaded.text_model, loaded.lm_head, tmp / "decoder_model_merged.onnx",
                               vision=vision is not None)
-        if vision is None:
-            # Image prompts need a mask the fused attention cannot take on every provider: vision
-            # models keep the traced decoder alone.
-            from edged.models import fused
+        from edged.models import fused
 
-            progress(f"building {fused.NAME}")
-            fused.build_decoder(loaded.text_model, loaded.lm_head, tmp / fused.NAME,
-                                opts.context_length or cfg.max_position_embeddings)
-            fused.build_greedy(out / fused.GREEDY, cfg.vocab_size)
+        # A vision model's fused graph is the masked one: image tokens attend to each other both ways.
+        progress(f"building {fused.NAME}" + (" (masked: image prompts)" if vision is not None else ""))
+        fused.build_decoder(loaded.text_model, loaded.lm_head, tmp / fused.NAME,
+                            opts.context_length or cfg.max_position_embeddings, masked=vision is not None)
+        fused.build_greedy(out / fused.GREEDY, cfg.vocab_size)
         tokens = special_tokens(loaded.tokenizer_json, cfg)
         if vision is not None:
             progress("exporting vision_encoder.onnx (fp32)")

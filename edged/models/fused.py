@@ -13,6 +13,10 @@ it, one node per operation that matters:
   window (plus slack), not the context, so a 32K prompt costs window-sized memory there;
 - `SimplifiedLayerNormalization` / `SkipSimplifiedLayerNormalization` for the norms and the
   residual adds, `FastGelu` (tanh) for the MLP;
+- a vision model's graph is *masked*: image tokens attend to each other both ways, a pair the
+  causal kernel cannot allow, so every layer runs it with `causal=0` and an additive bias input
+  per layer kind (masks.py builds them), and every layer keeps the whole context (the windowed
+  cache needs the causal kernel). Text models keep the windowed graph;
 - the logits of the last position only; the greedy choice is a graph of its own (GREEDY, an
   ArgMax the engine runs where logits live on a device, so only token ids cross to the host; on
   the CPU numpy's argmax is ten times faster than the kernel, and a graph output is always
@@ -35,6 +39,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edged.models.graphs import IR_VERSION, OPSET
+from edged.models.masks import GLOBAL, SLIDING
 
 NAME = "decoder_fused.onnx"
 GREEDY = "greedy.onnx"
@@ -96,8 +101,10 @@ def _head_norm(b: _Builder, x: str, weight: torch.Tensor, eps: float, head_dim: 
     return b.node("Reshape", [normed, merge], name=f"{name}/merge")[0]
 
 
-def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Path, positions: int) -> Path:
-    """Write the fused decoder of `text_model` to `out` (fp32, weights inline; blockwrite.py quantizes)."""
+def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Path, positions: int,
+                  masked: bool = False) -> Path:
+    """Write the fused decoder of `text_model` to `out` (fp32, weights inline; blockwrite.py quantizes).
+    `masked`: attention by the bias inputs (a vision model's graph), not by the causal kernel."""
     cfg = text_model.config
     hd, heads, kvh = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     eps = float(cfg.rms_norm_eps)
@@ -112,6 +119,9 @@ def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Pa
     inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", cfg.hidden_size]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+    if masked:
+        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1, "seq", "total"])
+                   for name in (GLOBAL, SLIDING)]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, cfg.vocab_size])]
     layers = text_model.layers[: cfg.num_hidden_layers]
     residual, x = "inputs_embeds", b.norm("inputs_embeds", layers[0].input_layernorm.weight, eps,
@@ -126,7 +136,7 @@ def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Pa
         v = b.matmul(x, att.v_proj.weight, f"{p}/self_attn/v_proj/MatMul")
         past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         present = [f"present.{i}.key", f"present.{i}.value"]
-        cache = "window" if sliding else "context"
+        cache = "window" if sliding and not masked else "context"
         for name in past:
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kvh, cache, hd]))
         for name in present:
@@ -134,10 +144,14 @@ def build_decoder(text_model: torch.nn.Module, lm_head: torch.nn.Module, out: Pa
         cos, sin = tables[layer.attention_type]
         attrs: dict[str, Any] = {"num_heads": heads, "kv_num_heads": kvh, "scale": scale, "do_rotary": 1,
                                  "rotary_interleaved": 0, "softcap": softcap}
-        if sliding:
+        extra: list[str] = []
+        if masked:
+            attrs.update(causal=0)
+            extra = ["", SLIDING if sliding else GLOBAL]  # position_ids (unused), attention_bias
+        elif sliding:
             attrs.update(local_window_size=int(cfg.sliding_window), sliding_window_cache=1)
         attn = f"{p}/self_attn/GroupQueryAttention/out"
-        b.node("GroupQueryAttention", [q, k, v, *past, "seqlens_k", "total_sequence_length", cos, sin],
+        b.node("GroupQueryAttention", [q, k, v, *past, "seqlens_k", "total_sequence_length", cos, sin, *extra],
                [attn, *present], name=f"{p}/self_attn/GroupQueryAttention", domain=MS, **attrs)
         o = b.norm(b.matmul(attn, att.o_proj.weight, f"{p}/self_attn/o_proj/MatMul"),
                    layer.post_attention_layernorm.weight, eps, f"{p}/post_attention_layernorm")

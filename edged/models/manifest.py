@@ -96,6 +96,12 @@ class Manifest:
         """The model has the fused decoder (GroupQueryAttention, window-sized sliding buffers)."""
         return bool(self.graphs.get("decoder_fused"))
 
+    @property
+    def windowed(self) -> bool:
+        """The fused decoder keeps sliding layers to a window (text models). A vision model's is
+        masked (image tokens attend both ways, fused.py): every layer keeps the whole context."""
+        return self.fused and self.vision is None
+
     def _kv_item(self) -> int:
         return 2 * self.text.num_kv_heads * self.text.head_dim * (2 if self.decoder.get("kv_dtype") == "float16" else 4)
 
@@ -104,7 +110,7 @@ class Manifest:
         """KV cache per token of context per sequence: with the fused decoder only the global layers
         grow with the context; the traced one keeps every layer's whole cache."""
         t = self.text
-        layers = sum(1 for k in t.layer_types if k != "sliding_attention") if self.fused else t.num_layers
+        layers = sum(1 for k in t.layer_types if k != "sliding_attention") if self.windowed else t.num_layers
         return layers * self._kv_item()
 
     @property
@@ -112,7 +118,7 @@ class Manifest:
         """KV cache of the sliding layers per sequence with the fused decoder (0 for the traced one)."""
         t = self.text
         sliding = sum(1 for k in t.layer_types if k == "sliding_attention")
-        return sliding * self._kv_item() * (t.sliding_window + WINDOW_SLACK - 1) if self.fused else 0
+        return sliding * self._kv_item() * (t.sliding_window + WINDOW_SLACK - 1) if self.windowed else 0
 
     def kv_bytes(self, context: Optional[int] = None, batch: int = 1) -> int:
         return (self.kv_bytes_per_token * (context or self.text.context_length) + self.kv_window_bytes) * batch
@@ -122,8 +128,9 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["kv_cache"] = {
-            "layout": "fused: global layers per token, sliding layers a window" if self.fused
-            else "traced: every layer keeps the whole context",
+            "layout": "fused: global layers per token, sliding layers a window" if self.windowed
+            else "fused, masked: every layer keeps the whole context (image tokens attend both ways)"
+            if self.fused else "traced: every layer keeps the whole context",
             "bytes_per_token": self.kv_bytes_per_token,
             "bytes_window": self.kv_window_bytes,
             "bytes_at_context_length": self.kv_bytes(),

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from edged.models import masks
 from edged.models.graphs import kv_names
 
 
@@ -57,7 +58,8 @@ class OnnxGreedy:
 
 
 class FusedGreedy:
-    """The same loop over the fused decoder (fused.py): one sequence, buffers shared in place."""
+    """The same loop over the fused decoder (fused.py): one sequence, buffers shared in place.
+    A masked graph (a vision model's) gets its attention biases from masks.py."""
 
     def __init__(self, folder: Path, cfg: Any) -> None:
         from edged.models.fused import NAME
@@ -65,23 +67,39 @@ class FusedGreedy:
         self.embed = _session(folder / "embed_tokens.onnx")
         self.decoder = _session(folder / NAME)
         self.cfg = cfg
+        self.masked = masks.GLOBAL in {i.name for i in self.decoder.get_inputs()}
 
-    def run(self, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
+    def run(self, prompt: list[int], steps: int, features: Optional[np.ndarray] = None,
+            image_token: Optional[int] = None) -> tuple[list[np.ndarray], list[int]]:
         from edged.models.manifest import WINDOW_SLACK
 
         c = self.cfg
         total = len(prompt) + steps + 1
-        caps = [c.sliding_window + WINDOW_SLACK - 1 if k == "sliding_attention" else total for k in c.layer_types]
+        caps = [c.sliding_window + WINDOW_SLACK - 1 if k == "sliding_attention" and not self.masked else total
+                for k in c.layer_types]
         kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, c.num_key_value_heads, cap, c.head_dim), np.float32))
               for cap in caps for _ in range(2)]
+        decode_bias = masks.DecodeBias(1, total, c.sliding_window)
         ids, length = prompt, 0
         logits, tokens = [], []
-        for _ in range(steps + 1):
+        for step in range(steps + 1):
             length += len(ids)
+            embeds = self.embed.run(None, {"input_ids": np.array([ids], np.int64)})[0]
+            if step == 0 and features is not None:
+                embeds[0, np.asarray(ids) == image_token] = features.reshape(-1, embeds.shape[-1])
             b = self.decoder.io_binding()
-            b.bind_cpu_input("inputs_embeds", self.embed.run(None, {"input_ids": np.array([ids], np.int64)})[0])
+            b.bind_cpu_input("inputs_embeds", embeds)
             b.bind_cpu_input("seqlens_k", np.array([length - 1], np.int32))
             b.bind_cpu_input("total_sequence_length", np.array(length, np.int32))
+            if self.masked:
+                if step == 0:
+                    runs = masks.image_runs(prompt, image_token if features is not None else None)
+                    biases = dict(zip((masks.GLOBAL, masks.SLIDING),
+                                      masks.prefill(0, length, c.sliding_window, runs), strict=True))
+                else:
+                    biases = decode_bias.fill([length], length)
+                for name, bias in biases.items():
+                    b.bind_cpu_input(name, np.ascontiguousarray(bias))
             b.bind_output("logits")  # first: outputs come back in the order they were bound
             for i in range(len(caps)):
                 for j, kind in enumerate(("key", "value")):
@@ -202,4 +220,9 @@ def vision_vs_torch(model: torch.nn.Module, folder: Path, cfg: Any, tokens: Any,
     logits, toks = OnnxGreedy(folder, cfg).run(prompt, steps, features[0], tokens.image_soft_token)
     result = _compare(logits, ref_logits, toks, ref_tokens)
     result["features_max_abs_diff"] = float(np.abs(features - ref_features).max())
+    from edged.models.fused import NAME
+
+    if (folder / NAME).is_file():  # the masked fused decoder, on the same image prompt
+        fl, ft = FusedGreedy(folder, cfg).run(prompt, steps, features[0], tokens.image_soft_token)
+        result["fused_vs_pytorch"] = _compare(fl, ref_logits, ft, ref_tokens)
     return result
