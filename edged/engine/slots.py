@@ -330,13 +330,14 @@ class SlotGenerator:
         """Queue one prompt (`features`: its image features, a row per image soft token); it takes
         the next free slot. Raises RequestError for one that cannot run."""
         self._check(prompt)
-        runs = masks.image_runs(prompt, self.m.tokens.image_soft_token) if features is not None else []
+        runs: list[tuple[int, int]] = []
         if features is not None:
             if not self.masked:
                 raise RequestError("this fused decoder takes text prompts only (a text model's)")
-            if sum(stop - start for start, stop in runs) != len(features):
-                raise RequestError(f"{sum(b - a for a, b in runs)} image token slots for {len(features)} image"
-                                   " feature rows")
+            runs = masks.image_runs(prompt, self.m.tokens.image_soft_token)
+            slots = sum(stop - start for start, stop in runs)
+            if slots != len(features):
+                raise RequestError(f"{slots} image token slots for {len(features)} image feature rows")
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
         row = _Row(index, prompt, params, rng, out or SeqOut(prompt_tokens=len(prompt)),
                    features=None if features is None else np.asarray(features, np.float32), runs=runs)
