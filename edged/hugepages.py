@@ -1,9 +1,9 @@
 """Transparent huge pages for the daemon's heap, through glibc's `glibc.malloc.hugetlb` tunable.
 
 Why: a decode step streams every weight once (the 270M's output layer alone is 168 MB) and,
-deep in a long prompt, tens of MB of KV cache too. With 4 KiB pages that is ~60,000 page walks a
-step, and the cache reads evict the page tables the walks need, so a step after 4,096 tokens of
-context cost 10 % more than the reads themselves (bench/vs_llamacpp.py measures it both ways).
+deep in a long prompt, tens of MB of KV cache too: with 4 KiB pages that is ~60,000 page walks a
+step. On 2 MiB pages the 270M decoded 5-12 % faster here, at empty context and after 1K and 4K
+tokens (`python bench/hugepages.py --model DIR`, medians of alternating fresh processes).
 Most distributions ship THP as `madvise`: only memory that asks gets 2 MiB pages, and ONNX
 Runtime's allocations never ask. glibc (2.35 on) asks for every heap mmap when the tunable is
 set, but reads tunables only at process start, so `edged run` re-executes itself once with it
