@@ -4,7 +4,8 @@
 N inputs (translate, caption and OCR through the tiny vision model built by the project's own
 export, duplicates, a few bad files, some dropped while the daemon is down) and M kills:
 during model calls (at least half of them: the daemon's debug line `engine_call` says a batch
-is in the model, and the kill is checked to have landed before the batch ended), during
+is in the model, `engine_submit` that jobs joined the continuous stream, and the kill is checked
+to have landed before the batch ended, or while the stream still had rows in flight), during
 start-up and reconcile, and at random moments of processing (commits, moves). Restarted at
 once after each kill, as systemd does.
 
@@ -249,16 +250,19 @@ def kill_once(d: Daemon, rng: random.Random, mode: str, more_work: Callable[[], 
         return False
     deadline = time.monotonic() + 60
     ready, calls, target = False, 0, rng.randint(1, 2)
-    in_model, ready_at = False, None
+    in_model, ready_at, streaming = False, None, False
     while time.monotonic() < deadline and d.proc.poll() is None:
         events, offset = d.events_since(offset)
         for e in events:
             name = e.get("event")
             if name == "ready":
                 ready, ready_at = True, time.monotonic()
-            if name == "engine_call":
+            if name in ("engine_call", "engine_submit"):  # a batch goes in; jobs join the stream
                 calls, in_model = calls + 1, True
-            elif name in ("batch", "batch_error"):
+                streaming = streaming or name == "engine_submit"
+            elif name == "engine_rows_ended":  # the stream: in the model while rows are in flight
+                in_model = e.get("in_flight", 0) > 0
+            elif name in ("batch", "batch_error") and not streaming:
                 in_model = False
         if ready and mode == "random":
             time.sleep(rng.uniform(0.0, 3.0))
@@ -274,7 +278,8 @@ def kill_once(d: Daemon, rng: random.Random, mode: str, more_work: Callable[[], 
         time.sleep(0.003)
     d.kill()
     events, _ = d.events_since(offset)
-    ended = any(e.get("event") in ("batch", "batch_error") for e in events)
+    ended = any(e.get("event") in ("batch", "batch_error") if not streaming else
+                (e.get("event") == "engine_rows_ended" and not e.get("in_flight")) for e in events)
     return mode == "model" and in_model and not ended
 
 

@@ -2,11 +2,13 @@
 """Speed of the ONNX engine on this machine: load, memory, prefill, decode at batch 1 and 8.
 
 Usage: python bench/engine.py [--model DIR] [--threads N] [--provider cpu|cuda|auto]
-                              [--decoder auto|fused|traced] [--mixed N] [--rss-context 4096]
+                              [--decoder auto|fused|traced] [--mixed N] [--rss-context 4096] [--images N]
        (default model: the built-in one, <state_dir>/models/gemma-3-270m via -c CONFIG,
         else ~/.cache/edged/models/gemma-3-270m)
 --mixed N: N prompts whose answer lengths are drawn from a fixed seed (8 to 256 tokens), run
   8 at a time: the figure continuous batching changes (a static batch waits for its longest row).
+--images N: N jobs of one picture each (a vision model), answers of 8 to 64 tokens from a fixed
+  seed; traced in batches of 8 as the worker runs them, fused continuously: image jobs per hour.
 --rss-context T [--rows N]: peak RSS of N (8) sequences of T tokens each (a fresh process is best:
   run it alone), against the bound model + N x KV of the layout + 15 %; `--rss-context 32704
   --rows 1` is a prompt of the 270M's whole context.
@@ -92,6 +94,35 @@ def mixed(engine: OnnxEngine, ids: list[int], n: int) -> int:
     return 0
 
 
+def images(engine: OnnxEngine, n: int) -> int:
+    """Image jobs: n requests of one picture each (the model's image tokens in the prompt) with
+    answers of 8-64 tokens from a fixed seed; traced: batches of 8 as the worker runs them,
+    fused: one continuous run."""
+    from PIL import Image
+
+    from edged.engine.api import Request
+
+    v = engine.manifest.vision
+    if v is None:
+        raise SystemExit(f"{engine.name} has no vision encoder: --images needs a vision model")
+    rng = np.random.default_rng(7)
+    side = (v.image_size, v.image_size, 3)
+    reqs = [Request(f"describe picture {i}", images=(Image.fromarray(rng.integers(0, 256, side, dtype=np.uint8)),),
+                    max_new_tokens=int(rng.integers(8, 65))) for i in range(n)]
+    t0 = time.perf_counter()
+    if getattr(engine, "continuous", False):
+        gens = engine.generate(reqs)
+    else:
+        gens = [g for i in range(0, n, 8) for g in engine.generate(reqs[i:i + 8])]
+    wall = time.perf_counter() - t0
+    tokens = sum(g.output_tokens for g in gens)
+    decoder = "fused" if getattr(engine, "continuous", False) else "traced"
+    print(f"images: {n} jobs of {gens[0].prompt_tokens}-token prompts, {tokens} tokens out, {wall:.1f} s")
+    print(f"decoder={decoder} image_jobs={n} image_tokens={tokens} image_wall_s={wall:.1f} "
+          f"image_jobs_per_hour={n * 3600 / wall:.0f}")
+    return 0
+
+
 def peak_rss(engine: OnnxEngine, ids: list[int], context: int, rss_model: float, rows: int = 8) -> int:
     """Peak RSS of `rows` sequences of `context` tokens, against the KV layout's bound."""
     m = engine.manifest
@@ -128,6 +159,7 @@ def main() -> int:
     ap.add_argument("--decoder", default="auto", choices=["auto", "fused", "traced"])
     ap.add_argument("--mixed", type=int, default=0)
     ap.add_argument("--rss-context", type=int, default=0)
+    ap.add_argument("--images", type=int, default=0, help="N image jobs (a vision model)")
     ap.add_argument("--rows", type=int, default=8, help="sequences for --rss-context")
     args = ap.parse_args()
     configure_logging("warning", "console")
@@ -158,6 +190,8 @@ def main() -> int:
         return peak_rss(engine, ids, args.rss_context, rss, args.rows)
     if args.mixed:
         return mixed(engine, ids, args.mixed)
+    if args.images:
+        return images(engine, args.images)
     long_prompt = [engine.manifest.tokens.bos] + ids[:511]
     one = GenParams(max_new_tokens=1, stop_on_eos=False, repetition_guard=False)
     gen.run([long_prompt[:32]], [one])  # warm-up

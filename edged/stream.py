@@ -148,6 +148,8 @@ class Stream:
                     entry.left -= 1
             if entry.left == 0:
                 self._conclude([entry])
+        # What bench/chaos.py watches to kill while rows are in the model (as engine_call for batches).
+        log.debug("engine_submit", jobs=len(jobs), in_flight=self.engine.in_flight())
         if report.failed:
             w.on_batch(report)  # the jobs that failed in preparation
         return len(jobs)
@@ -167,6 +169,7 @@ class Stream:
     def _conclude(self, entries: list[_Open]) -> None:
         """Store and settle finished jobs, one report per task, carrying the engine time since the last."""
         timing = self.engine.take_timing()
+        log.debug("engine_rows_ended", jobs=len(entries), in_flight=self.engine.in_flight())
         by_task: dict[str, list[_Open]] = {}
         for e in entries:
             by_task.setdefault(e.task.name, []).append(e)
