@@ -7,6 +7,8 @@ whole or in chunks, alone or continuously batched with text rows.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,17 @@ def test_a_vision_model_gets_the_masked_fused_decoder(vlm: Path) -> None:
 
 
 def test_the_export_holds_the_masked_graph_to_pytorch_on_an_image_prompt(vlm: Path) -> None:
-    rep = Manifest.load(vlm).parity["vision_fp32_vs_pytorch"]["fused_vs_pytorch"]
+    from edged.models.explain import words
+
+    m = Manifest.load(vlm)
+    rep = m.parity["fused_image_vs_pytorch"]
     assert rep["max_abs_logit_diff"] < 1e-4 and rep["greedy_tokens_equal"], rep
+    said = "\n".join(words(m))  # what `edged model info` prints of it (one prompt: a single agreement)
+    assert "fused decoder (masked) on an image prompt" in said and "Every continuation is identical" in said
+    shown = subprocess.run([sys.executable, "-m", "edged", "model", "info", str(vlm)], capture_output=True,
+                           text=True, cwd=REPO)
+    assert shown.returncode == 0, shown.stderr  # a vision model's info once crashed on its one-prompt figure
+    assert "masked for image prompts" in shown.stdout
 
 
 @pytest.mark.parametrize("images", [1, 2])

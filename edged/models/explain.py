@@ -7,16 +7,18 @@ from typing import Any
 from edged.models.manifest import Manifest
 
 _SIDES = {"pytorch": "PyTorch on the same weights", "fp32": "the fp32 export of the same source"}
+_NAMES = {"fused_image": "fused decoder (masked) on an image prompt", "vision_fp32": "fp32 export with an image"}
 
 
 def _sides(key: str) -> tuple[str, str]:
     left, _, right = key.partition("_vs_")
-    return left, _SIDES.get(right, right)
+    return _NAMES.get(left, left), _SIDES.get(right, right)
 
 
 def parity(key: str, rep: dict[str, Any]) -> str:
     left, right = _sides(key)
-    agree = list(rep.get("greedy_agreement") or [])
+    agreement = rep.get("greedy_agreement")
+    agree = [agreement] if isinstance(agreement, int) else list(agreement or [])  # one prompt: a number
     steps, prompts = rep.get("steps", "?"), rep.get("prompts", len(agree))
     whole = sum(1 for a in agree if a == steps)
     first = rep.get("prefill_max_abs_logit_diff", float("nan"))

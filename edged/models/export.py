@@ -254,6 +254,9 @@ def _export_loaded(loaded: Loaded, out: Path, opts: ExportOptions, progress: Pro
             if vision is not None:
                 report["vision_fp32_vs_pytorch"] = parity.vision_vs_torch(
                     loaded.model, tmp, cfg, tokens, vision.image_size, opts.parity_steps)
+                fused_image = report["vision_fp32_vs_pytorch"].pop("fused_vs_pytorch", None)
+                if fused_image is not None:  # the masked fused decoder on the same image prompt
+                    report["fused_image_vs_pytorch"] = fused_image
         qinfo = _quantize(tmp, out, opts, progress, loaded)
         if vision is not None:
             shutil.copy(tmp / "vision_encoder.onnx", out / "vision_encoder.onnx")
