@@ -136,6 +136,25 @@ def test_continuous_batching_rows_equal_the_same_prompts_alone(tiny) -> None:
         assert timing.steps < sum(budgets)
 
 
+def test_fresh_prompts_of_one_length_are_prefilled_in_one_call(tiny) -> None:
+    """A burst of like jobs (one template, one page each) goes in together: one call for all of
+    their first chunks, every row as it would be alone."""
+    m, embed, _, fused = tiny
+    rng = np.random.default_rng(5)
+    prompts = [[2, *rng.integers(3, 300, size=n - 1).tolist()] for n in (12, 12, 12, 12, 12, 7, 12)]
+    params = [GenParams(max_new_tokens=9, **GREEDY) for _ in prompts]
+    gen = SlotGenerator(embed, fused, m, slots=8, chunk=12)
+    rows = [gen.add(i, p, gp) for i, (p, gp) in enumerate(zip(prompts, params, strict=True))]
+    gen.step()
+    # Slots 0-4 in one call; the 7-token prompt is a wall (another length), so the last waits.
+    assert [r.prefilled for r in rows] == [True] * 5 + [False, False]
+    while gen.busy():
+        gen.step()
+    solo = SlotGenerator(embed, fused, m, slots=1, chunk=12)
+    assert [r.out.tokens for r in rows] == [solo.run([p], [gp])[0][0].tokens
+                                            for p, gp in zip(prompts, params, strict=True)]
+
+
 def test_sampled_rows_are_the_same_alone_and_batched(tiny) -> None:
     m, embed, _, fused = tiny
     gen = SlotGenerator(embed, fused, m, slots=4, chunk=8)

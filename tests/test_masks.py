@@ -28,10 +28,14 @@ def test_image_runs_are_the_runs_of_soft_tokens() -> None:
 
 @pytest.mark.parametrize("begin,chunk,expected", [
     (0, 4, 4),     # no image in the way
-    (0, 7, 5),     # an image starts inside the chunk and runs past its end: stop before it
-    (5, 4, 12),    # the chunk starts with the image: take all of it, whatever the chunk size
+    (0, 7, 12),    # the chunk would end inside the image: it takes the rest of the image too
+    (5, 4, 12),    # the chunk starts with the image: all of it, whatever the chunk size
     (12, 50, 20),  # the rest of the prompt
     (0, 12, 12),   # ends exactly where the image does
+    (0, 5, 5),     # ends where the image starts
+    (0, 16, 16),   # a tail of a quarter chunk is a chunk of its own
+    (0, 17, 20),   # a shorter tail joins this chunk
+    (3, 3, 12),    # into the image, the 8 tokens after it stay a chunk of their own
 ])
 def test_a_chunk_never_ends_inside_an_image(begin: int, chunk: int, expected: int) -> None:
     assert masks.chunk_end(begin, chunk, 20, [(5, 12)]) == expected

@@ -161,38 +161,62 @@ class SlotGenerator:
 
     def _prefill_chunk(self, row: _Row) -> Optional[tuple[np.ndarray, int]]:
         """Feed the next chunk of `row`'s prompt; at its end, (last logits, greedy token)."""
+        return self._prefill([row])[0]
+
+    def _first_chunks(self, rows: list[Optional[_Row]], first: _Row) -> list[_Row]:
+        """`first` and the fresh rows in the slots right after it whose first chunk is as long:
+        one call prefills them all (the kernel takes several rows of a chunk only without a past,
+        and rows of one length need no padding, so every row's last position is its own)."""
+        group = [first]
+        if first.length:
+            return group
+        end = masks.chunk_end(0, self.chunk, len(first.prompt), first.runs)
+        for s in range(first.slot + 1, self.slots):
+            row = rows[s]
+            if row is None or row.prefilled or row.length or \
+                    masks.chunk_end(0, self.chunk, len(row.prompt), row.runs) != end:
+                break
+            group.append(row)
+        return group
+
+    def _prefill(self, group: list[_Row]) -> list[Optional[tuple[np.ndarray, int]]]:
+        """Feed the next chunk of each row (contiguous slots, one begin and end): per row, at its
+        prompt's end, (last logits, greedy token), else None."""
+        row, n = group[0], len(group)
         begin = row.length
         total = masks.chunk_end(begin, self.chunk, len(row.prompt), row.runs)
-        piece = np.asarray(row.prompt[begin:total], dtype=np.int64)[None]
+        piece = np.asarray([r.prompt[begin:total] for r in group], dtype=np.int64)
         embeds = self.embed.run(None, {"input_ids": piece})[0].astype(np.float32, copy=False)
-        if row.features is not None:
-            masks.place_features(embeds[0], row.features, row.runs, begin, total)
+        for i, r in enumerate(group):
+            if r.features is not None:
+                masks.place_features(embeds[i], r.features, r.runs, begin, total)
         b = self.decoder.io_binding()
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds))
-        b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        b.bind_cpu_input("seqlens_k", np.full(n, total - 1, np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         if self.masked:
-            pair = masks.prefill(begin, total, self.m.text.sliding_window, row.runs)
-            for name, bias in zip((masks.GLOBAL, masks.SLIDING), pair, strict=True):
-                b.bind_cpu_input(name, bias)
+            pairs = [masks.prefill(begin, total, self.m.text.sliding_window, r.runs) for r in group]
+            for k, name in enumerate((masks.GLOBAL, masks.SLIDING)):
+                b.bind_cpu_input(name, np.concatenate([p[k] for p in pairs]))
         v = self.buf.logits.shape[-1]
-        logits = np.empty((1, 1, v), np.float32)
+        logits = np.empty((n, 1, v), np.float32)
         if self.device_choice:
-            b.bind_output("logits", self.device, 0, np.float32, [1, 1, v], self._logits_ptr(row.slot))
+            b.bind_output("logits", self.device, 0, np.float32, [n, 1, v], self._logits_ptr(row.slot))
         else:
-            b.bind_output("logits", "cpu", 0, np.float32, [1, 1, v], logits.ctypes.data)
-        self._bind_kv(b, row.slot, 1)
+            b.bind_output("logits", "cpu", 0, np.float32, [n, 1, v], logits.ctypes.data)
+        self._bind_kv(b, row.slot, n)
         self.decoder.run_with_iobinding(b)
-        row.length = total
-        if total < len(row.prompt):
-            return None
-        row.prefilled = True
-        token = -1
-        if self.device_choice:
-            token = self._choose_on_device(row.slot, 1)[0]
-            if row.rng is not None:
-                logits[0, 0] = self._host_logits(row.slot)
-        return logits[0, 0], token
+        out: list[Optional[tuple[np.ndarray, int]]] = [None] * n
+        ending = [i for i, r in enumerate(group) if total == len(r.prompt)]  # the others go on
+        tokens = self._choose_on_device(row.slot, n) if self.device_choice and ending else [-1] * n
+        for i, r in enumerate(group):
+            r.length = total
+            if i in ending:
+                r.prefilled = True
+                if self.device_choice and r.rng is not None:
+                    logits[i, 0] = self._host_logits(r.slot)
+                out[i] = logits[i, 0], tokens[i]
+        return out
 
     def _ranges(self, rows: list[Optional[_Row]]) -> list[tuple[int, int]]:
         """Contiguous slot ranges to decode: all decoding rows, never a row mid-prefill."""
@@ -367,13 +391,14 @@ class SlotGenerator:
                 rows[s] = row
         pending = [r for r in rows if r is not None and not r.prefilled]
         if pending:
-            # One chunk per step, so a long prompt never stalls the running rows for long.
+            # One chunk per step, so a long prompt never stalls the running rows for long; fresh
+            # prompts of one first-chunk length side by side go in together.
             t0 = time.perf_counter()
-            row = pending[0]
-            done = self._prefill_chunk(row)
-            if done is not None and self._accept(row, *done):
-                rows[row.slot] = None
-                ended.append(row)
+            group = self._first_chunks(rows, pending[0])
+            for row, done in zip(group, self._prefill(group), strict=True):
+                if done is not None and self._accept(row, *done):
+                    rows[row.slot] = None
+                    ended.append(row)
             timing.prefill_ms += (time.perf_counter() - t0) * 1000
         if any(r is not None and r.prefilled for r in rows):
             t0 = time.perf_counter()

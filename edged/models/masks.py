@@ -33,14 +33,17 @@ def image_runs(prompt: Sequence[int], soft: Optional[int]) -> list[tuple[int, in
 
 
 def chunk_end(begin: int, chunk: int, length: int, runs: Sequence[tuple[int, int]]) -> int:
-    """Where a prefill chunk from `begin` ends: after at most `chunk` tokens, but never inside an
-    image (its tokens must meet in one call): before an image that starts later in the chunk, or,
-    when the chunk starts with one, after its end."""
+    """Where a prefill chunk from `begin` ends: after `chunk` tokens, but never inside an image (its
+    tokens must meet in one call): a chunk that would end inside one takes the rest of it too
+    (at most chunk + one image's tokens, fewer and fuller calls than stopping before it). A tail
+    of less than a quarter chunk joins the chunk before it: a call of a few tokens streams all the
+    weights for little, and prompts of one template then go in as one call (slots.py)."""
     end = min(begin + chunk, length)
     for start, stop in runs:
         if start < end < stop:
-            return start if start > begin else stop
-    return end
+            end = stop
+            break
+    return length if length - end < chunk // 4 else end
 
 
 def place_features(embeds: np.ndarray, features: np.ndarray, runs: Sequence[tuple[int, int]], begin: int,
