@@ -95,6 +95,24 @@ def _choose(logits: np.ndarray, p: GenParams, rng: Optional[np.random.Generator]
     return int(pool[rng.choice(pool.size, p=w / w.sum())])
 
 
+def record(out: SeqOut, token: int, p: GenParams, eos: set[int], context: int) -> bool:
+    """Record the chosen `token` in `out`; True when the sequence ends with it (finish_reason set)."""
+    if token in eos and p.stop_on_eos:
+        out.finish_reason = "stop"
+        return True
+    out.tokens.append(token)
+    if len(out.tokens) >= p.max_new_tokens or out.prompt_tokens + len(out.tokens) >= context:
+        out.finish_reason = "length"
+        return True
+    if p.stop_check is not None and p.stop_check(out.tokens):
+        out.finish_reason = "stop"
+        return True
+    if p.repetition_guard and len(out.tokens) % 8 == 0 and repeating(out.tokens):
+        out.finish_reason = "repetition"
+        return True
+    return False
+
+
 class Generator:
     def __init__(self, embed: ort.InferenceSession, decoder: ort.InferenceSession, manifest: Manifest,
                  device: str = "cpu") -> None:
@@ -188,19 +206,7 @@ class Generator:
             for row, idx in enumerate(active):
                 out, p = outs[idx], params[idx]
                 token = _choose(logits[row], p, rngs[idx])
-                if token in self.eos and p.stop_on_eos:
-                    out.finish_reason = "stop"
-                    continue
-                out.tokens.append(token)
-                total = out.prompt_tokens + len(out.tokens)
-                if len(out.tokens) >= p.max_new_tokens or total >= ctx:
-                    out.finish_reason = "length"
-                    continue
-                if p.stop_check is not None and p.stop_check(out.tokens):
-                    out.finish_reason = "stop"
-                    continue
-                if p.repetition_guard and len(out.tokens) % 8 == 0 and repeating(out.tokens):
-                    out.finish_reason = "repetition"
+                if record(out, token, p, self.eos, ctx):
                     continue
                 next_ids.append(token)
                 keep.append(row)

@@ -33,7 +33,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edged.engine.api import BatchTiming, RequestError
-from edged.engine.generate import GenParams, Scored, SeqOut, _choose, repeating
+from edged.engine.device_greedy import DeviceGreedy
+from edged.engine.generate import GenParams, Scored, SeqOut, _choose, record
 from edged.models import masks
 from edged.models.manifest import WINDOW_SLACK, Manifest
 
@@ -62,7 +63,6 @@ class _Buffers:
     seqlens: np.ndarray
     total: np.ndarray
     logits: np.ndarray
-    next_token: np.ndarray
     bindings: dict[tuple[int, int], ort.IOBinding] = field(default_factory=dict)
 
 
@@ -92,15 +92,12 @@ class SlotGenerator:
         v, h = t.vocab_size, t.hidden_size
         self.buf = _Buffers(ids=np.zeros((self.slots, 1), np.int64), embeds=np.zeros((self.slots, 1, h), np.float32),
                             seqlens=np.zeros(self.slots, np.int32), total=np.zeros((), np.int32),
-                            logits=np.zeros((self.slots, 1, v), np.float32),
-                            next_token=np.zeros((self.slots, 1), np.int64))
+                            logits=np.zeros((self.slots, 1, v), np.float32))
         self.embed_bindings: dict[int, ort.IOBinding] = {}
-        # Greedy choice: where logits live on a device, the greedy graph's ArgMax there (only the
-        # ids cross to the host); on the CPU numpy's argmax over the bound logits buffer, ~10x
-        # faster than ORT's ArgMax kernel (97 against 950 us for 8 rows of 262k).
-        self.greedy = greedy
-        self.device_choice = greedy is not None and device != "cpu"
-        self.logits_dev: Optional[ort.OrtValue] = None
+        # Greedy choice: on a device the greedy graph's ArgMax (device_greedy.py), on the CPU
+        # numpy's argmax over the bound logits buffer.
+        self.on_device = DeviceGreedy(greedy, device, self.slots, v) if greedy is not None else None
+        self.device_choice = self.on_device is not None and device != "cpu"
         self.rows: list[Optional[_Row]] = [None] * self.slots
         self.waiting: deque[_Row] = deque()
         self.timing = BatchTiming()  # of the current run, or of the stream since it was last read
@@ -138,7 +135,7 @@ class SlotGenerator:
             b.bind_input("total_sequence_length", "cpu", 0, np.int32, [], f.total.ctypes.data)
             v = f.logits.shape[-1]
             if self.device_choice:
-                b.bind_output("logits", self.device, 0, np.float32, [n, 1, v], self._logits_ptr(start))
+                b.bind_output("logits", self.device, 0, np.float32, [n, 1, v], self._device().ptr(start))
             else:
                 b.bind_output("logits", "cpu", 0, np.float32, [n, 1, v], f.logits[start:].ctypes.data)
             self._bind_kv(b, start, n)
@@ -201,20 +198,20 @@ class SlotGenerator:
         v = self.buf.logits.shape[-1]
         logits = np.empty((n, 1, v), np.float32)
         if self.device_choice:
-            b.bind_output("logits", self.device, 0, np.float32, [n, 1, v], self._logits_ptr(row.slot))
+            b.bind_output("logits", self.device, 0, np.float32, [n, 1, v], self._device().ptr(row.slot))
         else:
             b.bind_output("logits", "cpu", 0, np.float32, [n, 1, v], logits.ctypes.data)
         self._bind_kv(b, row.slot, n)
         self.decoder.run_with_iobinding(b)
         out: list[Optional[tuple[np.ndarray, int]]] = [None] * n
         ending = [i for i, r in enumerate(group) if total == len(r.prompt)]  # the others go on
-        tokens = self._choose_on_device(row.slot, n) if self.device_choice and ending else [-1] * n
+        tokens = self._device().choose(row.slot, n) if self.device_choice and ending else [-1] * n
         for i, r in enumerate(group):
             r.length = total
             if i in ending:
                 r.prefilled = True
                 if self.device_choice and r.rng is not None:
-                    logits[i, 0] = self._host_logits(r.slot)
+                    logits[i, 0] = self._device().host_logits(r.slot)
                 out[i] = logits[i, 0], tokens[i]
         return out
 
@@ -258,59 +255,34 @@ class SlotGenerator:
                 for name, bias in self.bias.fill(lengths, total).items():
                     b.bind_input(name, "cpu", 0, np.float32, list(bias.shape), bias.ctypes.data)
             self.decoder.run_with_iobinding(b)
-            greedy = self._choose_on_device(start, n) if self.device_choice else [-1] * n
+            greedy = self._device().choose(start, n) if self.device_choice else [-1] * n
             for s in range(start, start + n):
                 row = rows[s]
                 if row is None:
                     continue
                 if self.device_choice and row.rng is not None:
-                    f.logits[s, 0] = self._host_logits(s)  # a sampled row needs its logits here
+                    f.logits[s, 0] = self._device().host_logits(s)  # a sampled row needs its logits here
                 chosen.append((row, f.logits[s, 0], greedy[s - start]))
         return chosen
 
-    # -- the greedy choice on a device --------------------------------------------------------
+    @property
+    def logits_dev(self) -> Optional[ort.OrtValue]:
+        """The device logits buffer, once a step has written there."""
+        return self.on_device.logits if self.on_device is not None else None
 
-    def _logits_ptr(self, start: int) -> int:
-        if self.logits_dev is None:
-            self.logits_dev = ort.OrtValue.ortvalue_from_shape_and_type(
-                list(self.buf.logits.shape), np.float32, self.device, 0)
-        return int(self.logits_dev.data_ptr()) + start * self.buf.logits.shape[-1] * 4
-
-    def _choose_on_device(self, start: int, n: int) -> list[int]:
-        """ArgMax of rows start..start+n of the device logits; only the ids cross to the host."""
-        assert self.greedy is not None
-        b = self.greedy.io_binding()
-        v = self.buf.logits.shape[-1]
-        b.bind_input("logits", self.device, 0, np.float32, [n, 1, v], self._logits_ptr(start))
-        b.bind_output("next_token", "cpu", 0, np.int64, [n, 1], self.buf.next_token[start:].ctypes.data)
-        self.greedy.run_with_iobinding(b)
-        return [int(t) for t in self.buf.next_token[start:start + n, 0]]
-
-    def _host_logits(self, slot: int) -> np.ndarray:
-        assert self.logits_dev is not None
-        return self.logits_dev.numpy()[slot, 0]
+    def _device(self) -> DeviceGreedy:
+        assert self.on_device is not None  # device_choice is set only with a greedy graph
+        return self.on_device
 
     # -- token bookkeeping --------------------------------------------------------------------
 
     def _accept(self, row: _Row, logits: np.ndarray, greedy: int) -> bool:
         """Choose and record the row's next token; True when the row is finished."""
-        p, out = row.params, row.out
         if row.rng is not None:
-            token = _choose(logits, p, row.rng)
+            token = _choose(logits, row.params, row.rng)
         else:
             token = greedy if greedy >= 0 else int(np.argmax(logits))
-        if token in self.eos and p.stop_on_eos:
-            out.finish_reason = "stop"
-            return True
-        out.tokens.append(token)
-        if len(out.tokens) >= p.max_new_tokens or out.prompt_tokens + len(out.tokens) >= self.context:
-            out.finish_reason = "length"
-            return True
-        if p.stop_check is not None and p.stop_check(out.tokens):
-            out.finish_reason = "stop"
-            return True
-        if p.repetition_guard and len(out.tokens) % 8 == 0 and repeating(out.tokens):
-            out.finish_reason = "repetition"
+        if record(row.out, token, row.params, self.eos, self.context):
             return True
         row.token = token
         return False
